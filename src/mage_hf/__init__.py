@@ -11,6 +11,8 @@ from .modeling_mage import (
     MagePreTrainedModel,
 )
 from .modeling_vqvae import MageVQModel
+from .pipeline_mage import MagePipeline
+from .scheduling_mage import MageScheduler, MageSchedulerOutput
 
 __version__ = "0.1.0"
 
@@ -32,5 +34,8 @@ __all__ = [
     "MageMaskedImageModelingOutput",
     "MageModel",
     "MagePreTrainedModel",
+    "MagePipeline",
+    "MageScheduler",
+    "MageSchedulerOutput",
     "MageVQModel",
 ]
