@@ -23,7 +23,7 @@ DATA_DIR = SHARED_DIR / "data"
 
 
 def tiny_config_kwargs(**overrides) -> dict:
-    """A MAGE small enough for unit tests: 16 px images -> 8x8 tokens, codebook 16, 10 class tokens."""
+    """A MAGE small enough for unit tests: 16 px images -> 8x8 tokens, codebook 16, 10 classes + the fake class."""
     kwargs = dict(
         hidden_size=32,
         num_hidden_layers=2,
@@ -34,8 +34,8 @@ def tiny_config_kwargs(**overrides) -> dict:
         decoder_num_attention_heads=2,
         decoder_intermediate_size=64,
         image_size=16,
-        num_class_tokens=10,
-        fake_class_label=16 + 9,
+        num_class_tokens=11,  # 10 classes + the fake class
+        fake_class_label=16 + 10,
         max_position_embeddings=65,
         vqvae_config=dict(
             base_channels=32, channel_multipliers=[1, 2], num_res_blocks=1, latent_channels=32,
