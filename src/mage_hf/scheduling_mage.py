@@ -42,10 +42,15 @@ def mask_schedule(ratio: float, schedule: str = "cosine") -> float:
 
 
 def _split_generators(generator, batch_size: int) -> list | None:
+    """A list of per-row generators (checked against the batch size), or None for one shared generator."""
     if isinstance(generator, (list, tuple)):
         if len(generator) != batch_size:
-            raise ValueError(f"got a list of {len(generator)} generators for a batch of {batch_size}")
+            raise ValueError(
+                f"`generator` is a list of {len(generator)} generators; expected one per image ({batch_size})"
+            )
         return list(generator)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}")
     return None
 
 
@@ -75,6 +80,13 @@ def gumbel_noise(shape, generator, device) -> torch.Tensor:
     """Standard Gumbel noise -log(-log(U)), float32."""
     uniform = _uniform(shape, generator, device).clamp_min(torch.finfo(torch.float32).tiny)
     return -torch.log(-torch.log(uniform))
+
+
+def _check_temperatures(choice_temperature: float | None, temperature: float | None = None) -> None:
+    if choice_temperature is not None and not choice_temperature >= 0:
+        raise ValueError(f"`choice_temperature` must be >= 0, got {choice_temperature!r}")
+    if temperature is not None and not temperature > 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature!r}")
 
 
 @dataclass
@@ -116,6 +128,7 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
     ):
         if mask_schedule not in MASK_SCHEDULES:
             raise ValueError(f"`mask_schedule` must be one of {MASK_SCHEDULES}, got {mask_schedule!r}")
+        _check_temperatures(choice_temperature, temperature)
         self.num_inference_steps: int | None = None
         self.timesteps: torch.LongTensor | None = None
         self._initial_unknown: torch.LongTensor | None = None
@@ -167,11 +180,15 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         step = int(timestep)
         if not 0 <= step < self.num_inference_steps:
             raise ValueError(f"`timestep` must be in [0, {self.num_inference_steps - 1}], got {step}")
-        if model_output.shape[:2] != sample.shape:
+        if sample.ndim != 2 or sample.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"`sample` must be integer token ids of shape (B, N), got {sample.dtype} {tuple(sample.shape)}")
+        if model_output.ndim != 3 or model_output.shape[:2] != sample.shape:
             raise ValueError(
                 f"`model_output` (B, N, K) {tuple(model_output.shape)} does not match `sample` (B, N) {tuple(sample.shape)}"
             )
+        _check_temperatures(choice_temperature)
         choice_temperature = self.config.choice_temperature if choice_temperature is None else choice_temperature
+        sample = sample.long()
         unknown = sample == self.config.mask_token_id
         unknown_now = unknown.sum(dim=1)
         if step == 0 or self._initial_unknown is None or self._initial_unknown.shape != unknown_now.shape:
