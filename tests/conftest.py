@@ -72,3 +72,30 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"shared data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def converted_original(fixture_dir, tmp_path_factory) -> dict:
+    """The fixture's original checkpoints converted by `mage_hf.convert_original.convert_checkpoint`.
+
+    Keys: `"pretraining"` (a `MagePipeline` folder), `"gap"` and `"cls"` (`MageForImageClassification` folders,
+    global-pool and class-token heads). Read-only: copy a folder before changing it.
+    """
+    from mage_hf.convert_original import convert_checkpoint
+
+    root = tmp_path_factory.mktemp("converted_original")
+    original_config = fixture_dir / "config.json"
+    folders = {"pretraining": convert_checkpoint(fixture_dir / "original_mage.pth", root / "pretraining",
+                                                 original_config=original_config)}
+    for kind in ("gap", "cls"):
+        folders[kind] = convert_checkpoint(fixture_dir / f"original_finetuned_{kind}.pth", root / kind,
+                                           original_config=original_config)
+    return folders
+
+
+@pytest.fixture(scope="session")
+def reference_tensors(fixture_dir) -> dict:
+    """The original implementation's outputs (`reference.safetensors`, see the fixture README)."""
+    from safetensors.torch import load_file
+
+    return load_file(fixture_dir / "reference.safetensors")

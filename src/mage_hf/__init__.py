@@ -1,8 +1,17 @@
 """mage-hf: MAGE (MAsked Generative Encoder, CVPR 2023) on the Hugging Face stack."""
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+import os
+
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForMaskedImageModeling,
+)
 
 from .configuration_mage import MAGE_PRESETS, MageConfig
+from .image_processing_mage import MageImageProcessor
 from .modeling_mage import (
     MageForImageClassification,
     MageForMaskedImageModeling,
@@ -12,9 +21,14 @@ from .modeling_mage import (
 )
 from .modeling_vqvae import MageVQModel
 from .pipeline_mage import MagePipeline
+from .pipeline_mage_inpaint import MageInpaintPipeline, make_outpaint_inputs
 from .scheduling_mage import MageScheduler, MageSchedulerOutput
 
 __version__ = "0.1.0"
+
+# The pipeline folder shipped inside the package (the embedded default of `mage-hf`); may be absent in a
+# source checkout until it is built.
+DEFAULT_MODEL_PATH: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_model")
 
 
 def _register_auto_classes() -> None:
@@ -24,13 +38,29 @@ def _register_auto_classes() -> None:
     AutoModelForImageClassification.register(MageConfig, MageForImageClassification, exist_ok=True)
 
 
+def _register_processor_and_remote_code() -> None:
+    """`AutoImageProcessor` for `MageConfig`, and `auto_map` + code files in every saved folder so that
+    `trust_remote_code=True` loads it where mage-hf is not installed."""
+    AutoImageProcessor.register(MageConfig, image_processor_classes={"pil": MageImageProcessor}, exist_ok=True)
+    AutoModelForMaskedImageModeling.register(MageConfig, MageForMaskedImageModeling, exist_ok=True)
+    MageConfig.register_for_auto_class()
+    MageModel.register_for_auto_class("AutoModel")
+    MageForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+    MageForMaskedImageModeling.register_for_auto_class("AutoModelForMaskedImageModeling")
+    MageImageProcessor.register_for_auto_class("AutoImageProcessor")
+
+
 _register_auto_classes()
+_register_processor_and_remote_code()
 
 __all__ = [
+    "DEFAULT_MODEL_PATH",
     "MAGE_PRESETS",
     "MageConfig",
     "MageForImageClassification",
     "MageForMaskedImageModeling",
+    "MageImageProcessor",
+    "MageInpaintPipeline",
     "MageMaskedImageModelingOutput",
     "MageModel",
     "MagePreTrainedModel",
@@ -38,4 +68,5 @@ __all__ = [
     "MageScheduler",
     "MageSchedulerOutput",
     "MageVQModel",
+    "make_outpaint_inputs",
 ]

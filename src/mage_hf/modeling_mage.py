@@ -239,6 +239,9 @@ class MageModel(MagePreTrainedModel):
     tokens (before the final norm), through `fc_norm`.
     """
 
+    # Loading the encoder alone from a pre-training or classifier folder leaves their heads out on purpose.
+    _keys_to_ignore_on_load_unexpected = [r"position_ids", r"^decoder\.", r"^mlm_head\.", r"^contrastive_head\.", r"^classifier\."]
+
     def __init__(self, config: MageConfig):
         super().__init__(config)
         self.vqvae = VQTokenizer(**config.vqvae_config)
