@@ -435,3 +435,27 @@ def test_vit_base_shaped_checkpoint_converts(tmp_path):
     with torch.no_grad():
         assert torch.equal(converted(input_ids=input_ids).logits, model(input_ids=input_ids).logits)
     shutil.rmtree(tmp_path / "out")
+
+
+def test_classifier_takes_imagenet_normalised_pixels(converted_original):
+    """The original fine-tuning fed ImageNet-normalised pixels to the VQGAN: converted classifiers accept them and
+    their processor normalises; pre-training folders keep raw [0, 1] pixels and reject normalised ones."""
+    from PIL import Image
+
+    from mage_hf import MageForImageClassification, MageImageProcessor, MageModel
+
+    folder = converted_original["gap"]
+    model = MageForImageClassification.from_pretrained(folder).eval()
+    assert model.config.image_mean == [0.485, 0.456, 0.406]
+    processor = MageImageProcessor.from_pretrained(folder)
+    assert processor.do_normalize and processor.size == {"shortest_edge": round(32 * 292 / 256)}
+    image = Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy())
+    pixel_values = processor(images=image, return_tensors="pt").pixel_values
+    assert pixel_values.min() < 0  # normalised, not clipped to [0, 1]
+    with torch.no_grad():
+        assert model(pixel_values=pixel_values).logits.shape == (1, 7)
+
+    embedder = MageModel.from_pretrained(converted_original["pretraining"], subfolder="transformer")
+    assert embedder.config.image_mean is None
+    with pytest.raises(ValueError, match="pixel_values.*\\[0, 1\\]"):
+        embedder(pixel_values=pixel_values)

@@ -34,6 +34,10 @@ class MageConfig(PreTrainedConfig):
         initializer_range: std of the normal init of embeddings and learned position embeddings.
         image_size: input image side in pixels; the token grid is `image_size // tokenizer downsampling`.
         num_channels: image channels.
+        image_mean, image_std: per-channel statistics the model's `pixel_values` are normalised with. `None` (the
+            default, as in MAGE pre-training and linear probing) means raw pixels in [0, 1]. The original
+            fine-tuned classifiers were trained and evaluated on ImageNet-normalised pixels fed straight to the
+            VQGAN, so converted classifiers set these (and their image processor normalises likewise).
         vqvae_config: the VQ tokenizer's settings (the keys of `MageVQModel`'s config). The transformer models
             carry the VQ encoder and codebook so they can tokenize pixels themselves.
         num_class_tokens: class tokens in the vocabulary (1000 in the original).
@@ -75,6 +79,8 @@ class MageConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         image_size: int = 256,
         num_channels: int = 3,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
         vqvae_config: dict | None = None,
         num_class_tokens: int = 1000,
         fake_class_label: int | None = None,
@@ -110,6 +116,8 @@ class MageConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.image_size = image_size
         self.num_channels = num_channels
+        self.image_mean = list(image_mean) if image_mean is not None else None
+        self.image_std = list(image_std) if image_std is not None else None
         self.vqvae_config = {**DEFAULT_VQ_CONFIG, **(vqvae_config or {})}
         self.num_class_tokens = num_class_tokens
         self.fake_class_label = self.codebook_size + 76 if fake_class_label is None else fake_class_label
@@ -150,6 +158,10 @@ class MageConfig(PreTrainedConfig):
             )
         if not 0 < self.mask_ratio_min <= self.mask_ratio_max <= 1:
             raise ValueError("`mask_ratio_min` and `mask_ratio_max` must satisfy 0 < min <= max <= 1")
+        if (self.image_mean is None) != (self.image_std is None):
+            raise ValueError("`image_mean` and `image_std` must be given together (or both left None)")
+        if self.image_mean is not None and not len(self.image_mean) == len(self.image_std) == self.num_channels:
+            raise ValueError(f"`image_mean` and `image_std` must have {self.num_channels} values (one per channel)")
         if self.classifier_pooling not in ("mean", "cls"):
             raise ValueError(f"`classifier_pooling` must be 'mean' or 'cls', got {self.classifier_pooling!r}")
 

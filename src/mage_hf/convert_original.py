@@ -42,6 +42,12 @@ RECOMMENDED_INFERENCE_STEPS = 20
 
 # Built by the original but unused by any forward pass: the MAE-style patch embedding and its position
 # embeddings, the MAE decoder's mask token / sin-cos positions / pixel head, and a constant buffer.
+# torchvision/timm ImageNet statistics, used by the original fine-tuning and its evaluation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Resize(292) then CenterCrop(256) in the original linear-probe and fine-tuning evaluations.
+ORIGINAL_EVAL_RESIZE_RATIO = 292 / 256
+
 DROPPED_PREFIXES = (
     "patch_embed.",
     "cls_token",
@@ -265,6 +271,8 @@ def build_config(task: str, state_dict: dict[str, torch.Tensor], model: str | No
         if "head.weight" not in state_dict:
             raise ConversionError("`--task image-classification` needs a fine-tuned checkpoint with `head.weight`; none found")
         config.classifier_pooling = classifier_pooling_from_state_dict(state_dict)
+        # The original fine-tuning/evaluation normalised pixels with ImageNet mean/std before the VQGAN.
+        config.image_mean, config.image_std = list(IMAGENET_MEAN), list(IMAGENET_STD)
         # A stated class count must agree with the head (checked when loading); otherwise the head decides.
         num_labels = original.get("num_classes", state_dict["head.weight"].shape[0])
         labels = parse_id2label(id2label, num_labels) or {i: f"LABEL_{i}" for i in range(num_labels)}
@@ -494,7 +502,9 @@ def _write_folder(folder: Path, task: str, config: MageConfig, weights: Converte
     from .image_processing_mage import MageImageProcessor
 
     config.auto_map = _auto_map(task)
-    processor = MageImageProcessor.from_mage_config(config)
+    # The original evaluations resize the shorter side to 292 px before a 256 px centre crop.
+    eval_resize = round(config.image_size * ORIGINAL_EVAL_RESIZE_RATIO)
+    processor = MageImageProcessor.from_mage_config(config, size={"shortest_edge": eval_resize})
     if task == "pretraining":
         pipeline = build_pipeline(config, weights, choice_temperature)
         if dtype:

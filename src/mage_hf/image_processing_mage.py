@@ -57,6 +57,11 @@ class MageImageProcessor(PilBackend):
             raise ValueError(f"`config.image_size` must be a positive integer, got {image_size!r}")
         kwargs.setdefault("size", {"shortest_edge": image_size})
         kwargs.setdefault("crop_size", {"height": image_size, "width": image_size})
+        if getattr(config, "image_mean", None) is not None:
+            # The model was trained on normalised pixels (the original fine-tuned classifiers).
+            kwargs.setdefault("do_normalize", True)
+            kwargs.setdefault("image_mean", list(config.image_mean))
+            kwargs.setdefault("image_std", list(config.image_std))
         return cls(**kwargs)
 
     def to_dict(self) -> dict:

@@ -259,9 +259,10 @@ class MageModel(MagePreTrainedModel):
         return self.embeddings.word_embeddings
 
     def tokenize(self, pixel_values: torch.Tensor) -> torch.LongTensor:
-        """Pixels (B, C, H, W) in [0, 1] -> codebook ids (B, N)."""
+        """Pixels (B, C, H, W) -> codebook ids (B, N). Pixels are in [0, 1] unless the config says they are
+        normalised (`image_mean`/`image_std`, as the original fine-tuned classifiers expect)."""
         self._validate_pixel_values(pixel_values)
-        return self.vqvae(pixel_values)
+        return self.vqvae(pixel_values, check_range=self.config.image_mean is None)
 
     def build_input_ids(self, token_ids: torch.LongTensor, class_labels: torch.LongTensor | None = None) -> torch.LongTensor:
         """Codebook/mask ids (B, N) -> (B, 1 + N) with the class token (or the fake class) at position 0."""
@@ -450,6 +451,14 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
             class_labels = torch.where(drop, -1, class_labels)
         return class_labels
 
+    def _check_image_token_ids(self, image_token_ids: torch.LongTensor) -> torch.LongTensor:
+        num_tokens, codebook_size = self.config.num_tokens, self.config.codebook_size
+        if image_token_ids.ndim != 2 or image_token_ids.shape[1] != num_tokens:
+            raise ValueError(f"`image_token_ids` must have shape (batch, {num_tokens}), got {tuple(image_token_ids.shape)}")
+        if image_token_ids.numel() and (image_token_ids.min() < 0 or image_token_ids.max() >= codebook_size):
+            raise ValueError(f"`image_token_ids` must be codebook ids in [0, {codebook_size - 1}]")
+        return image_token_ids.long()
+
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -461,6 +470,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        image_token_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> MageMaskedImageModelingOutput | tuple:
         r"""
@@ -473,16 +483,24 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
             class_labels: (B,) classes for class-conditional pre-training from pixels (position 0 becomes
                 `codebook_size + class`, replaced by the fake class with probability `class_dropout_prob`).
             generator: random generator for the masking (reproducible pre-training batches).
+            image_token_ids: (B, N) codebook ids of already tokenized images (pre-tokenized training data): the
+                same masking and loss as `pixel_values`, without running the VQ encoder.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
-        if (pixel_values is None) == (input_ids is None):
-            raise ValueError("Pass exactly one of `pixel_values` and `input_ids`")
-        if pixel_values is not None:
+        if sum(value is not None for value in (pixel_values, input_ids, image_token_ids)) != 1:
+            raise ValueError("Pass exactly one of `pixel_values`, `input_ids` and `image_token_ids`")
+        if pixel_values is not None or image_token_ids is not None:
             if token_drop_mask is not None or labels is not None:
-                raise ValueError("`token_drop_mask` and `labels` are computed from `pixel_values`; pass `input_ids` to set them")
-            labels = self.mage.tokenize(pixel_values)
+                raise ValueError(
+                    "`token_drop_mask` and `labels` are computed from `pixel_values` / `image_token_ids`; "
+                    "pass `input_ids` to set them"
+                )
+            if pixel_values is not None:
+                labels = self.mage.tokenize(pixel_values)
+            else:
+                labels = self._check_image_token_ids(image_token_ids)
             batch_size = labels.shape[0]
             token_mask, token_drop_mask = self.sample_masks(batch_size, labels.device, generator)
             image_ids = torch.where(token_mask[:, 1:], self.config.mask_token_id, labels)

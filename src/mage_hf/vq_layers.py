@@ -260,8 +260,11 @@ class VQTokenizer(nn.Module):
             module._is_vq_module = True
 
     @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixels (batch, C, H, W) in [0, 1] -> token ids (batch, (H/f) * (W/f)), row-major."""
-        check_pixel_values(pixel_values, self.in_channels, self.downsample_factor)
+    def forward(self, pixel_values: torch.Tensor, check_range: bool = True) -> torch.Tensor:
+        """Pixels (batch, C, H, W) -> token ids (batch, (H/f) * (W/f)), row-major.
+
+        Pixels must be in [0, 1] unless `check_range=False` (models fed normalised pixels, see `MageConfig.image_mean`).
+        """
+        check_pixel_values(pixel_values, self.in_channels, self.downsample_factor, check_range=check_range)
         latents = self.encoder(pixel_values.to(self.quantize.embedding.weight.dtype))
         return self.quantize.nearest_code(latents)
