@@ -1,0 +1,169 @@
+#!/usr/bin/env python
+"""Fine-tune a pre-trained MAGE as an image classifier (`MageForImageClassification`) with `Trainer`, as the
+original `main_finetune.py`: layer-wise lr decay, drop path, label smoothing, mixup/cutmix, AdamW, warm-up +
+cosine, lr = blr x total batch / 256. Augmentation: RandomResizedCrop(0.2-1, bicubic) + flip (the original's
+RandAugment and random erasing are not reproduced). `--max_train_samples_per_class K` fine-tunes on K
+labelled images per class (few-shot fine-tuning).
+
+The output folder is a classifier with its image processor: `pipeline("image-classification", model=DIR)`.
+
+    python examples/finetune.py --model_name_or_path runs/fmnist-mage --train_data fashion_mnist.npz \
+        --output_dir runs/fmnist-finetune --num_train_epochs 50 --per_device_train_batch_size 128
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from mage_hf import MageForImageClassification, MageImageProcessor
+from mage_hf.training.arguments import ImageDataArguments, check_output_dir, resolve_resume
+from mage_hf.training.data import EpochCallback, PixelBatchTransform, collate_tensors, load_image_data
+from mage_hf.training.features import mage_subfolder
+from mage_hf.training.finetuning_trainer import MageFinetuningTrainer
+from mage_hf.training.metrics import compute_classification_metrics
+from mage_hf.training.mixup import MixupCutmix
+from mage_hf.training.optim import absolute_learning_rate
+from mage_hf.training.transforms import MageImageTransform
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneModelArguments:
+    model_name_or_path: str = field(metadata={"help": "A pre-trained MAGE pipeline or model folder."})
+    layer_decay: float = field(default=0.65, metadata={"help": "Layer-wise lr decay (the original: 0.65 B, 0.75 L)."})
+    drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth (the original: 0.1 B, 0.2 L)."})
+    classifier_pooling: str = field(default="mean", metadata={"help": "'mean' (fc_norm) or 'cls'."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing (also inside mixup targets)."})
+    mixup: float = field(default=0.8, metadata={"help": "Mixup Beta alpha (0 disables)."})
+    cutmix: float = field(default=1.0, metadata={"help": "CutMix Beta alpha (0 disables)."})
+    mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch."})
+    mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of cutmix when both are on."})
+
+
+@dataclass
+class FinetuneDataArguments(ImageDataArguments):
+    eval_split: str | None = field(default="test", metadata={"help": "Split to report accuracy on."})
+    interpolation: str = field(default="bicubic", metadata={"help": "PIL resampling (the original: bicubic)."})
+    max_train_samples_per_class: int | None = field(
+        default=None, metadata={"help": "Few-shot fine-tuning: keep K random training images per class."}
+    )
+
+
+@dataclass
+class MageFinetuningArguments(TrainingArguments):
+    base_learning_rate: float = field(
+        default=2.5e-4, metadata={"help": "lr = blr x total batch / 256 (0: use --learning_rate)."}
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Train from scratch into a non-empty output_dir."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on norms and biases)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Cosine decay after the warm-up."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up steps or ratio (the original: 5 of 100 epochs)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Must stay False (batch transform)."})
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"], metadata={"help": "Label key."})
+    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+
+
+def few_shot_subset(dataset: datasets.Dataset, label_column: str, per_class: int, seed: int) -> datasets.Dataset:
+    """`per_class` random rows of every class (all rows of smaller classes), in index order."""
+    labels = np.asarray(dataset[label_column])
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(np.flatnonzero(labels == c), size=min(per_class, int((labels == c).sum())), replace=False)
+            for c in np.unique(labels)]
+    return dataset.select(sorted(np.concatenate(keep).tolist()))
+
+
+def load_classifier(model_args: FinetuneModelArguments, class_names: list[str]) -> MageForImageClassification:
+    path = model_args.model_name_or_path
+    if not os.path.isdir(path):
+        raise ValueError(f"`model_name_or_path` {path!r} is not a folder (expected a MAGE pipeline or model folder)")
+    model = MageForImageClassification.from_pretrained(
+        path, subfolder=mage_subfolder(path), num_labels=len(class_names),
+        id2label=dict(enumerate(class_names)), label2id={name: i for i, name in enumerate(class_names)},
+        drop_path_rate=model_args.drop_path_rate, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        classifier_pooling=model_args.classifier_pooling, class_conditional=False,
+    )
+    # The original starts the head near zero (std 2e-5) so fine-tuning begins from the pre-trained features.
+    torch.nn.init.trunc_normal_(model.classifier.weight, std=2e-5)
+    torch.nn.init.zeros_(model.classifier.bias)
+    return model
+
+
+def load_splits(data_args: FinetuneDataArguments, training_args):
+    train = load_image_data(data_args.train_data, data_args.train_split, data_args.image_column,
+                            data_args.label_column, data_args.max_train_samples)
+    if train.label_column is None:
+        raise ValueError(f"`train_data` {data_args.train_data!r} has no labels (a label column, y_train or class folders)")
+    if data_args.max_train_samples_per_class:
+        train.dataset = few_shot_subset(train.dataset, train.label_column, data_args.max_train_samples_per_class,
+                                        training_args.seed)
+    evaluation = None
+    if data_args.eval_split:
+        evaluation = load_image_data(data_args.train_data, data_args.eval_split, data_args.image_column,
+                                     data_args.label_column, data_args.max_eval_samples)
+    return train, evaluation
+
+
+def main():
+    parser = HfArgumentParser((FinetuneModelArguments, FinetuneDataArguments, MageFinetuningArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)], level=training_args.get_process_log_level())
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    resume = resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir)
+    check_output_dir(training_args.output_dir, training_args.overwrite_output_dir, resume is not None)
+    set_seed(training_args.seed)
+
+    train, evaluation = load_splits(data_args, training_args)
+    model = load_classifier(model_args, train.class_names)
+    image_size = model.config.image_size
+    if data_args.image_size is not None and data_args.image_size != image_size:
+        raise ValueError(f"`image_size` {data_args.image_size} differs from the model's image_size {image_size}")
+    train_config = data_args.transform_config(image_size, train=True, seed=training_args.seed)
+    train_transform = PixelBatchTransform(MageImageTransform(train_config), train.image_column, train.label_column)
+    train.dataset.set_transform(train_transform)
+    if evaluation is not None:
+        evaluation.dataset.set_transform(PixelBatchTransform(
+            MageImageTransform(data_args.transform_config(image_size, False, training_args.seed)),
+            evaluation.image_column, evaluation.label_column))
+    if training_args.base_learning_rate > 0:
+        total_batch = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
+        training_args.learning_rate = absolute_learning_rate(training_args.base_learning_rate, total_batch)
+    mixup = MixupCutmix(len(train.class_names), model_args.mixup, model_args.cutmix, model_args.mixup_prob,
+                        model_args.mixup_switch_prob, model_args.label_smoothing)
+    logger.info(f"fine-tuning on {len(train.dataset)} images, {len(train.class_names)} classes, "
+                f"lr {training_args.learning_rate:.3g}")
+
+    trainer = MageFinetuningTrainer(
+        model=model, args=training_args, train_dataset=train.dataset,
+        eval_dataset=evaluation.dataset if evaluation is not None else None, data_collator=collate_tensors,
+        compute_metrics=compute_classification_metrics, callbacks=[EpochCallback(train_transform)],
+        layer_decay=model_args.layer_decay, mixup=mixup if mixup.active else None,
+        label_smoothing=model_args.label_smoothing,
+    )
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_model()
+    trainer.save_state()
+    if trainer.is_world_process_zero():
+        MageImageProcessor.from_mage_config(model.config).save_pretrained(training_args.output_dir)
+    if evaluation is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        return metrics
+    return result.metrics
+
+
+if __name__ == "__main__":
+    main()

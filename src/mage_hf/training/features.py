@@ -1,0 +1,50 @@
+"""Frozen MAGE embeddings for recognition: load the encoder from any MAGE folder and extract `pooler_output`
+(the original linear-probe feature) over a dataset, sharded across processes when run under Accelerate."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+
+from ..modeling_mage import MageModel
+from .data import ImageData, PixelBatchTransform, collate_tensors
+from .transforms import ImageTransformConfig, MageImageTransform
+
+
+def mage_subfolder(path: str) -> str:
+    """`transformer` for a pipeline folder (with `model_index.json`), else the folder itself."""
+    return "transformer" if os.path.isfile(os.path.join(path, "model_index.json")) else ""
+
+
+def load_mage_encoder(path: str, argument: str = "model_name_or_path") -> MageModel:
+    """`MageModel` (encoder + built-in tokenizer) from a pipeline, pre-training, classifier or encoder folder."""
+    if not os.path.isdir(path):
+        raise ValueError(f"`{argument}` {path!r} is not a folder (expected a MAGE pipeline or model folder)")
+    return MageModel.from_pretrained(path, subfolder=mage_subfolder(path)).eval()
+
+
+@torch.no_grad()
+def extract_features(model: MageModel | None, data: ImageData, transform_config: ImageTransformConfig,
+                     accelerator: Accelerator, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features (N, D) float32, labels (N,) or None) in dataset order. `model=None` gives raw pixels
+    (N, 3 * S * S) in [0, 1] instead (the baseline `--features raw`)."""
+    transform = PixelBatchTransform(MageImageTransform(transform_config), data.image_column, data.label_column)
+    data.dataset.set_transform(transform)
+    loader = accelerator.prepare(DataLoader(data.dataset, batch_size=batch_size, collate_fn=collate_tensors))
+    features, labels = [], []
+    for batch in loader:
+        pixels = batch["pixel_values"]
+        if model is None:
+            output = pixels.flatten(1)
+        else:
+            output = model(pixel_values=pixels.to(model.dtype)).pooler_output
+        output = accelerator.gather_for_metrics(output.float().contiguous())
+        features.append(output.cpu())
+        if "labels" in batch:
+            labels.append(accelerator.gather_for_metrics(batch["labels"]).cpu())
+    data.dataset.reset_format()
+    return torch.cat(features).numpy(), (torch.cat(labels).numpy() if labels else None)

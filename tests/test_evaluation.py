@@ -1,0 +1,36 @@
+"""mage_hf.evaluation: the numbers the default-model evaluation reports."""
+
+import numpy as np
+import pytest
+import torch
+
+from mage_hf.evaluation import frechet_distance, logistic_regression_probe, prototype_few_shot, psnr
+
+
+def test_frechet_distance_matches_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # Same covariance, mean shifted by (1, 2, 0): distance = |shift|^2.
+    assert frechet_distance(a, a + np.array([1.0, 2.0, 0.0])) == pytest.approx(5.0, abs=1e-6)
+    # Isotropic Gaussians with std 1 and 2 in d dims: d * (1 - 2)^2.
+    b = rng.normal(size=(200000, 3))
+    assert frechet_distance(b, 2 * rng.normal(size=(200000, 3))) == pytest.approx(3.0, rel=0.02)
+
+
+def test_psnr_of_known_error():
+    target = torch.zeros(2, 3, 4, 4)
+    assert torch.allclose(psnr(target + 0.1, target), torch.full((2,), 20.0))
+
+
+def test_probe_and_few_shot_on_separable_data():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.eye(4) * 6
+    labels = torch.arange(4).repeat(50)
+    features = centres[labels] + torch.randn(200, 4, generator=generator)
+    assert logistic_regression_probe(features, labels, features, labels) > 0.95
+    mean, interval = prototype_few_shot(features.numpy(), labels.numpy(), features.numpy(), labels.numpy(),
+                                        n_way=3, k_shot=2, episodes=50, queries_per_class=5)
+    assert mean > 0.95 and 0 <= interval < 0.05
+    noise = torch.randn(200, 4, generator=generator)
+    assert logistic_regression_probe(noise, labels, noise, labels) < 0.6
