@@ -6,7 +6,10 @@ Add new shared fixtures at the end of this file; do not change existing ones.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,34 @@ def reference_tensors(fixture_dir) -> dict:
     from safetensors.torch import load_file
 
     return load_file(fixture_dir / "reference.safetensors")
+
+
+EXAMPLES_DIR = REPO_ROOT / "examples"
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run far faster on one thread on this CPU, above all when it is shared; use with
+    `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def free_port() -> int:
+    """A free local TCP port, so parallel multi-process runs never share a rendezvous."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_example(monkeypatch, name: str, *args):
+    """Run `examples/<name>.py`'s `main()` in this process with `args` as its command line."""
+    path = EXAMPLES_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [str(path), *map(str, args)])
+    return module.main()

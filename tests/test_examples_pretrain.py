@@ -1,11 +1,9 @@
 """`examples/pretrain.py` on real Fashion-MNIST images with a tiny tokenizer and a tiny MAGE (in-process, except
 the 2-process `accelerate launch` run)."""
 
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,18 +17,11 @@ from mage_hf import MageConfig, MageForMaskedImageModeling, MagePipeline, MageVQ
 from mage_hf.training.transforms import ImageTransformConfig, MageImageTransform
 from mage_hf.training.vq_training import flatten_latents, restart_dead_codes
 
-from conftest import tiny_config_kwargs
+from conftest import free_port, run_example, tiny_config_kwargs
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pretrain.py"
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run far faster on one thread, above all on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -58,20 +49,8 @@ def model_config_file(tmp_path_factory) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A free local TCP port, so parallel multi-process runs never share a rendezvous."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_pretrain(monkeypatch, *args) -> None:
-    spec = importlib.util.spec_from_file_location("pretrain_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *map(str, args)])
-    module.main()
+    run_example(monkeypatch, "pretrain", *args)
 
 
 def pretrain_args(data_dir, vqvae_dir, config_file, output_dir, **overrides) -> list[str]:

@@ -1,8 +1,6 @@
 """`examples/linear_probe.py`, `few_shot.py` and `finetune.py` on tiny data with a tiny MAGE (in-process)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,18 +8,10 @@ import torch
 
 from mage_hf import MageConfig, MageForImageClassification, MageForMaskedImageModeling
 
-from conftest import tiny_config_kwargs
+from conftest import free_port, run_example, tiny_config_kwargs
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run far faster on one thread, above all on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +22,16 @@ def tiny_mage_dir(tmp_path_factory) -> Path:
     return path
 
 
-def run_example(monkeypatch, name: str, **args):
-    path = EXAMPLES / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_example", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    argv = [str(path)]
+def run_named_example(monkeypatch, name: str, **args):
+    """`run_example` with `--key value` arguments given as keywords (lists become several values)."""
+    argv = []
     for key, value in args.items():
         argv += [f"--{key}"] + ([str(v) for v in value] if isinstance(value, list) else [str(value)])
-    monkeypatch.setattr(sys, "argv", argv)
-    return module.main()
+    return run_example(monkeypatch, name, *argv)
 
 
 def test_linear_probe_on_mage_features(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
-    results = run_example(monkeypatch, "linear_probe", model_name_or_path=tiny_mage_dir,
+    results = run_named_example(monkeypatch, "linear_probe", model_name_or_path=tiny_mage_dir,
                           train_data=data_dir / "fashion_mnist.npz", output_dir=tmp_path, max_train_samples=256,
                           max_eval_samples=128, epochs=3, warmup_epochs=1, batch_size=64)
     assert 0.0 <= results["accuracy"] <= 1.0
@@ -56,27 +41,27 @@ def test_linear_probe_on_mage_features(monkeypatch, tmp_path, data_dir, tiny_mag
 
 
 def test_raw_pixel_linear_probe_learns(monkeypatch, tmp_path, data_dir):
-    results = run_example(monkeypatch, "linear_probe", features="raw", train_data=data_dir / "fashion_mnist.npz",
+    results = run_named_example(monkeypatch, "linear_probe", features="raw", train_data=data_dir / "fashion_mnist.npz",
                           output_dir=tmp_path, max_train_samples=1000, max_eval_samples=500, epochs=10,
                           warmup_epochs=1, batch_size=100, optimizer="sgd", base_learning_rate=0.5)
     assert results["accuracy"] > 0.6  # 10 classes: chance is 0.1
 
 
 def test_few_shot_model_and_raw_features(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
-    results = run_example(monkeypatch, "few_shot", model_name_or_path=tiny_mage_dir, data=data_dir / "fashion_mnist.npz",
+    results = run_named_example(monkeypatch, "few_shot", model_name_or_path=tiny_mage_dir, data=data_dir / "fashion_mnist.npz",
                           max_samples=300, k_shot=[1, 3], n_query=5, episodes=10, output_file=tmp_path / "fs.json")
     assert {(r["k_shot"], r["classifier"]) for r in results} == {(1, "prototype"), (1, "logistic"), (3, "prototype"),
                                                                    (3, "logistic")}
     assert json.loads((tmp_path / "fs.json").read_text())["results"] == results
-    raw = run_example(monkeypatch, "few_shot", features="raw", data=data_dir / "fashion_mnist.npz", max_samples=500,
+    raw = run_named_example(monkeypatch, "few_shot", features="raw", data=data_dir / "fashion_mnist.npz", max_samples=500,
                       k_shot=[1], episodes=40, classifiers=["prototype"])
     assert raw[0]["accuracy"] > 0.45  # 5-way: chance is 0.2; the shared README reports ~0.61 on pixels
     with pytest.raises(ValueError, match="model_name_or_path"):
-        run_example(monkeypatch, "few_shot", data=data_dir / "fashion_mnist.npz")
+        run_named_example(monkeypatch, "few_shot", data=data_dir / "fashion_mnist.npz")
 
 
 def test_finetune_few_shot_classifier(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
-    metrics = run_example(monkeypatch, "finetune", model_name_or_path=tiny_mage_dir,
+    metrics = run_named_example(monkeypatch, "finetune", model_name_or_path=tiny_mage_dir,
                           train_data=data_dir / "fashion_mnist.npz", max_train_samples_per_class=4, max_eval_samples=64,
                           output_dir=tmp_path, max_steps=3, per_device_train_batch_size=8, logging_steps=1,
                           save_strategy="no", disable_tqdm="true", use_cpu="true")

@@ -1,9 +1,7 @@
 """`examples/train_tokenizer.py` on a few hundred real Fashion-MNIST images (in-process, tiny tokenizer)."""
 
-import importlib.util
 import json
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -13,34 +11,17 @@ from safetensors.torch import load_file
 
 from mage_hf import MageVQModel
 
+from conftest import free_port, run_example
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_tokenizer.py"
 TINY_VQ = json.dumps({"base_channels": 16, "channel_multipliers": [1, 2], "num_res_blocks": 1,
                       "latent_channels": 16, "codebook_size": 32, "norm_num_groups": 8})
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny convolutions run far faster on one thread, above all on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def free_port() -> int:
-    """A free local TCP port, so parallel multi-process runs never share a rendezvous."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run_tokenizer_script(monkeypatch, *args) -> None:
-    spec = importlib.util.spec_from_file_location("train_tokenizer_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", [str(EXAMPLE), *map(str, args)])
-    module.main()
+    run_example(monkeypatch, "train_tokenizer", *args)
 
 
 def common_args(data_dir, output_dir, **overrides):

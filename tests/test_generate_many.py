@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from test_pipeline_mage import make_tiny_pipeline
+
+from conftest import free_port
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "generate_many.py"
 
@@ -23,12 +24,6 @@ def generate_many():
     from accelerate import PartialState
 
     PartialState._reset_state()  # the in-process run created accelerate's singleton state
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def contents(folder: Path) -> dict[str, bytes]:

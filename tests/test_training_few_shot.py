@@ -8,14 +8,7 @@ from mage_hf.training.few_shot import evaluate_few_shot, mean_and_interval, samp
 from mage_hf.training.metrics import accuracy, top_k_accuracy
 from mage_hf.training.mixup import MixupCutmix, smooth_one_hot
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Small tensors: one thread is far faster, above all on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_episode_is_disjoint_and_balanced():

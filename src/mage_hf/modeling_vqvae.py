@@ -72,6 +72,28 @@ class MageVQModel(ModelMixin, ConfigMixin):
         self.encoder = VQEncoder(in_channels=in_channels, **layer_settings)
         self.decoder = VQDecoder(out_channels=out_channels, **layer_settings)
         self.quantize = VectorQuantizer(codebook_size, latent_channels)
+        # Opt-in fast decoding (`enable_fast_decode`); off by default so that decoding matches the original.
+        self.fast_decode_dtype: torch.dtype | None = None
+        self.fast_decode_channels_last = False
+
+    def enable_fast_decode(self, dtype: torch.dtype | None = torch.bfloat16, channels_last: bool = True) -> None:
+        r"""Decode faster, at a small cost in exactness: the decoder runs under `torch.autocast(dtype)` (weights
+        stay in their own dtype; `None` = no autocast) and/or on channels-last activations and weights.
+
+        Encoding and tokenization are unaffected (token ids never change). On CPU, bfloat16 + channels-last
+        decodes the ViT-B/256 VQGAN about 2.5x faster than float32, at a PSNR above 40 dB against the float32
+        decode (checked by `tests/test_fast_paths.py` and printed by `benchmarks/bench.py`).
+        """
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"`dtype` must be a floating torch.dtype or None, got {dtype!r}")
+        self.fast_decode_dtype = dtype
+        self.fast_decode_channels_last = bool(channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.decoder.to(memory_format=memory_format)
+
+    def disable_fast_decode(self) -> None:
+        """Back to the exact float32 decoder (contiguous weights, no autocast)."""
+        self.enable_fast_decode(dtype=None, channels_last=False)
 
     @property
     def downsample_factor(self) -> int:
@@ -96,8 +118,18 @@ class MageVQModel(ModelMixin, ConfigMixin):
         return latents + (quantized - latents).detach(), token_ids
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True) -> DecoderOutput | tuple:
-        """Quantized latents (batch, latent_channels, h, w) -> raw decoder output `sample` (batch, C, h*f, w*f)."""
-        sample = self.decoder(latents.to(self.dtype))
+        """Quantized latents (batch, latent_channels, h, w) -> raw decoder output `sample` (batch, C, h*f, w*f),
+        in the model's dtype (see `enable_fast_decode` for the faster, inexact path)."""
+        latents = latents.to(self.dtype)
+        if self.fast_decode_dtype is None and not self.fast_decode_channels_last:
+            sample = self.decoder(latents)
+        else:
+            if self.fast_decode_channels_last:
+                latents = latents.contiguous(memory_format=torch.channels_last)
+            dtype = self.fast_decode_dtype
+            with torch.autocast(device_type=latents.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                sample = self.decoder(latents)
+            sample = sample.to(self.dtype).contiguous()
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 
     def _check_token_ids(self, token_ids: torch.Tensor) -> None:

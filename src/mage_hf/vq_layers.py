@@ -162,7 +162,13 @@ class VectorQuantizer(nn.Module):
     The squared distance is computed as ``|z|^2 + |e|^2 - 2 z.e`` with one matmul, as the original does
     (same formula, so near-ties break the same way); no (pixels x codebook) one-hot matrix is built.
     Distances are always computed in float32, whatever the module's dtype, so token ids do not depend on it.
+    The (pixels x codebook) distance matrix is built `max_distance_elements` entries at a time at most, so
+    tokenizing a large batch does not need gigabytes of scratch memory.
     """
+
+    # 2**24 float32 entries = 64 MiB of distances per chunk (a 256-image batch of 16x16 grids against 1024
+    # codes is 2**26 entries).
+    max_distance_elements: int = 2**24
 
     def __init__(self, codebook_size: int, codebook_dim: int):
         super().__init__()
@@ -173,10 +179,13 @@ class VectorQuantizer(nn.Module):
         batch, dim, height, width = latents.shape
         flat = latents.permute(0, 2, 3, 1).reshape(-1, dim).float()
         codebook = self.embedding.weight.float()
-        distances = (
-            flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2 * (flat @ codebook.t())
-        )
-        return distances.argmin(dim=1).view(batch, height * width)
+        codebook_norms = codebook.pow(2).sum(dim=1)
+        rows_per_chunk = max(1, self.max_distance_elements // max(1, codebook.shape[0]))
+        ids = [
+            (chunk.pow(2).sum(dim=1, keepdim=True) + codebook_norms - 2 * (chunk @ codebook.t())).argmin(dim=1)
+            for chunk in flat.split(rows_per_chunk)
+        ]
+        return (ids[0] if len(ids) == 1 else torch.cat(ids)).view(batch, height * width)
 
     def lookup(self, token_ids: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Code ids (batch, h * w) -> latents (batch, dim, h, w)."""
