@@ -198,3 +198,11 @@ def test_compiled_pipeline_runs_and_matches():
     assert isinstance(pipe.transformer, MageForMaskedImageModeling)
     compiled = pipe(batch_size=2, num_inference_steps=4, generator=generators(), output_type="latent").images
     assert (compiled == reference).float().mean() >= 0.99
+
+
+def test_tokenizer_ignores_surrounding_autocast(fixture_transformer, reference_tensors):
+    """bf16 training/inference under autocast must not change token ids: the VQ tokenizer opts out."""
+    images = reference_tensors["images"]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        tokens = fixture_transformer.mage.tokenize(images)
+    assert torch.equal(tokens, reference_tensors["vq_indices"])

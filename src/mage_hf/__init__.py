@@ -32,17 +32,13 @@ DEFAULT_MODEL_PATH: str = os.path.join(os.path.dirname(os.path.abspath(__file__)
 
 
 def _register_auto_classes() -> None:
-    """Make `AutoConfig`/`AutoModel`/... (and hence `transformers.pipeline`) resolve `model_type="mage"`."""
+    """Make the Auto classes (and hence `transformers.pipeline`) resolve `model_type="mage"`, and write `auto_map`
+    + code files into every saved folder so that `trust_remote_code=True` loads it where mage-hf is not installed."""
     AutoConfig.register("mage", MageConfig, exist_ok=True)
     AutoModel.register(MageConfig, MageModel, exist_ok=True)
     AutoModelForImageClassification.register(MageConfig, MageForImageClassification, exist_ok=True)
-
-
-def _register_processor_and_remote_code() -> None:
-    """`AutoImageProcessor` for `MageConfig`, and `auto_map` + code files in every saved folder so that
-    `trust_remote_code=True` loads it where mage-hf is not installed."""
-    AutoImageProcessor.register(MageConfig, image_processor_classes={"pil": MageImageProcessor}, exist_ok=True)
     AutoModelForMaskedImageModeling.register(MageConfig, MageForMaskedImageModeling, exist_ok=True)
+    AutoImageProcessor.register(MageConfig, image_processor_classes={"pil": MageImageProcessor}, exist_ok=True)
     MageConfig.register_for_auto_class()
     MageModel.register_for_auto_class("AutoModel")
     MageForImageClassification.register_for_auto_class("AutoModelForImageClassification")
@@ -51,7 +47,6 @@ def _register_processor_and_remote_code() -> None:
 
 
 _register_auto_classes()
-_register_processor_and_remote_code()
 
 __all__ = [
     "DEFAULT_MODEL_PATH",

@@ -275,5 +275,8 @@ class VQTokenizer(nn.Module):
         Pixels must be in [0, 1] unless `check_range=False` (models fed normalised pixels, see `MageConfig.image_mean`).
         """
         check_pixel_values(pixel_values, self.in_channels, self.downsample_factor, check_range=check_range)
-        latents = self.encoder(pixel_values.to(self.quantize.embedding.weight.dtype))
-        return self.quantize.nearest_code(latents)
+        # Token ids are discrete: an autocast region around the model (bf16 training or inference) must not
+        # flip near-ties, so the tokenizer runs in its own weights' dtype (float32 unless cast explicitly).
+        with torch.autocast(device_type=pixel_values.device.type, enabled=False):
+            latents = self.encoder(pixel_values.to(self.quantize.embedding.weight.dtype))
+            return self.quantize.nearest_code(latents)
