@@ -206,3 +206,11 @@ def test_tokenizer_ignores_surrounding_autocast(fixture_transformer, reference_t
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         tokens = fixture_transformer.mage.tokenize(images)
     assert torch.equal(tokens, reference_tensors["vq_indices"])
+
+
+def test_bf16_loading_keeps_the_tokenizer_in_float32(tmp_path, reference_tensors, fixture_transformer):
+    fixture_transformer.save_pretrained(tmp_path)
+    model = MageForMaskedImageModeling.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    assert model.mage.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    assert model.mage.vqvae.quantize.embedding.weight.dtype == torch.float32
+    assert torch.equal(model.mage.tokenize(reference_tensors["images"]), reference_tensors["vq_indices"])

@@ -215,6 +215,9 @@ class MagePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MageTokenEmbeddings", "MageLayer"]
     _supports_sdpa = True
+    # Token ids are discrete: loading with `torch_dtype=torch.bfloat16` keeps the VQ tokenizer in float32 so that
+    # pixels tokenize exactly as in float32 (it is a small part of the compute).
+    _keep_in_fp32_modules_strict = ["vqvae"]
     _keys_to_ignore_on_load_unexpected = [r"position_ids"]
 
     @torch.no_grad()
@@ -259,8 +262,6 @@ class MageModel(MagePreTrainedModel):
 
     def __init__(self, config: MageConfig):
         super().__init__(config)
-        self.vqvae = VQTokenizer(**config.vqvae_config)
-        self.vqvae.requires_grad_(False)
         self.embeddings = MageTokenEmbeddings(config)
         self.encoder = MageTransformerStack(
             config, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
@@ -268,6 +269,9 @@ class MageModel(MagePreTrainedModel):
         )
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # Registered last: `model.dtype` reports the first parameter's dtype, and the tokenizer stays float32.
+        self.vqvae = VQTokenizer(**config.vqvae_config)
+        self.vqvae.requires_grad_(False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
