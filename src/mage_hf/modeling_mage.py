@@ -356,18 +356,22 @@ class MageModel(MagePreTrainedModel):
             input_ids = self.build_input_ids(self.tokenize(pixel_values), class_labels)
         else:
             input_ids = self._check_input_ids(input_ids)
-
-        hidden = self.embeddings(input_ids)
         if token_drop_mask is not None:
             token_drop_mask = self._check_drop_mask(token_drop_mask, input_ids)
+        outputs = self.encode(input_ids, token_drop_mask, output_hidden_states, output_attentions)
+        return outputs if return_dict else outputs.to_tuple()
+
+    def encode(self, input_ids: torch.LongTensor, token_drop_mask: torch.BoolTensor | None = None,
+               output_hidden_states: bool = False, output_attentions: bool = False) -> BaseModelOutputWithPooling:
+        """The encoder on already validated (B, 1 + N) ids and bool drop mask (no checks: callers that built
+        them themselves skip the validation's host syncs)."""
+        hidden = self.embeddings(input_ids)
+        if token_drop_mask is not None:
             hidden = gather_kept(hidden, token_drop_mask)
         hidden, all_hidden, all_attentions = self.encoder(hidden, output_hidden_states, output_attentions)
-        pooled = self.fc_norm(hidden[:, 1:].mean(dim=1))
-        sequence = self.norm(hidden)
-        if not return_dict:
-            return tuple(v for v in (sequence, pooled, all_hidden, all_attentions) if v is not None)
         return BaseModelOutputWithPooling(
-            last_hidden_state=sequence, pooler_output=pooled, hidden_states=all_hidden, attentions=all_attentions
+            last_hidden_state=self.norm(hidden), pooler_output=self.fc_norm(hidden[:, 1:].mean(dim=1)),
+            hidden_states=all_hidden, attentions=all_attentions,
         )
 
 
@@ -537,6 +541,8 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
                 input_ids[:, 0] = class_ids
         else:
             input_ids = self.mage._check_input_ids(input_ids)
+            if token_drop_mask is not None:
+                token_drop_mask = self.mage._check_drop_mask(token_drop_mask, input_ids)
             token_mask = input_ids == self.config.mask_token_id
             if labels is not None and labels.shape != (input_ids.shape[0], self.config.num_tokens):
                 raise ValueError(
@@ -545,10 +551,8 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
             if labels is not None and (labels.min() < 0 or labels.max() >= self.config.codebook_size):
                 raise ValueError(f"`labels` must be codebook ids in [0, {self.config.codebook_size - 1}]")
 
-        encoded = self.mage(
-            input_ids=input_ids, token_drop_mask=token_drop_mask, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states, return_dict=True,
-        )
+        # Inputs are validated above (or built here), so the encoder runs without re-checking them.
+        encoded = self.mage.encode(input_ids, token_drop_mask, output_hidden_states, output_attentions)
         decoded, dec_hidden, dec_attentions = self.decoder(
             encoded.last_hidden_state, token_mask, token_drop_mask, output_hidden_states, output_attentions
         )
@@ -560,7 +564,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         attentions = encoded.attentions + dec_attentions if output_attentions else None
         output = MageMaskedImageModelingOutput(
             loss=loss, logits=logits, labels=labels, token_mask=token_mask,
-            token_drop_mask=token_drop_mask if token_drop_mask is not None else None,
+            token_drop_mask=token_drop_mask,
             encoder_last_hidden_state=encoded.last_hidden_state, pooler_output=encoded.pooler_output,
             hidden_states=hidden_states, attentions=attentions,
         )
