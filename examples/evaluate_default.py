@@ -36,6 +36,7 @@ from mage_hf.evaluation import (
     logistic_regression_probe,
     prototype_few_shot,
     psnr,
+    standardize,
 )
 
 logger = logging.getLogger("evaluate_default")
@@ -137,7 +138,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="fashion_mnist.npz (examples/prepare_fashion_mnist.py)")
     parser.add_argument("--out", help="write the numbers as JSON here")
     parser.add_argument("--samples-per-class", type=int, default=100)
-    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0, 5.0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--judge-epochs", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=600)
@@ -193,6 +194,10 @@ def main() -> None:
                                        "_raw_pixels": (raw_train.numpy(), raw_test.numpy())}.items():
             mean, interval = prototype_few_shot(support, y_train, query, y_test, 5, k, args.episodes, seed=args.seed)
             results[f"five_way_{k}_shot{name}"] = [mean, interval]
+            # A second protocol, applied to both columns: the linear probe's standardisation before the cosine.
+            support, query = standardize(support, query)
+            mean, interval = prototype_few_shot(support, y_train, query, y_test, 5, k, args.episodes, seed=args.seed)
+            results[f"five_way_{k}_shot_standardised{name}"] = [mean, interval]
     logger.info("few-shot %s", {k: v for k, v in results.items() if k.startswith("five_way")})
 
     # Class-conditional sample quality, judged by a CNN trained on real training images.
@@ -243,6 +248,10 @@ def format_table(results: dict, args) -> str:
          shot(results["five_way_1_shot_raw_pixels"])),
         (f"5-way 5-shot, prototypes ({args.episodes} episodes)", shot(results["five_way_5_shot"]),
          shot(results["five_way_5_shot_raw_pixels"])),
+        (f"5-way 1-shot, prototypes of standardised features ({args.episodes} episodes)",
+         shot(results["five_way_1_shot_standardised"]), shot(results["five_way_1_shot_standardised_raw_pixels"])),
+        (f"5-way 5-shot, prototypes of standardised features ({args.episodes} episodes)",
+         shot(results["five_way_5_shot_standardised"]), shot(results["five_way_5_shot_standardised_raw_pixels"])),
         ("judge CNN accuracy on real test images", pct(results["judge_test_accuracy"]), ""),
         ("FID-FMNIST-CNN, unconditional samples", f"{results['fid_fmnist_cnn_unconditional']:.2f}", ""),
     ]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mage_hf.evaluation import frechet_distance, logistic_regression_probe, prototype_few_shot, psnr
+from mage_hf.evaluation import frechet_distance, logistic_regression_probe, prototype_few_shot, psnr, standardize
 
 
 def test_frechet_distance_matches_closed_form():
@@ -34,3 +34,18 @@ def test_probe_and_few_shot_on_separable_data():
     assert mean > 0.95 and 0 <= interval < 0.05
     noise = torch.randn(200, 4, generator=generator)
     assert logistic_regression_probe(noise, labels, noise, labels) < 0.6
+
+
+def test_standardize_uses_reference_statistics_and_rescues_cosine_from_an_outlier_dimension():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 60)
+    # Dimension 0 is large noise carrying no class; dimensions 1-3 carry the class at a small scale.
+    features = np.concatenate([50 * rng.normal(size=(180, 1)), np.eye(3)[labels] + 0.3 * rng.normal(size=(180, 3))], 1)
+    queries = features[::2] + 0.1
+    reference, transformed = standardize(features, queries)
+    np.testing.assert_allclose(reference.mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(reference.std(0), 1, atol=1e-9)
+    np.testing.assert_allclose(transformed, (queries - features.mean(0)) / features.std(0))
+    plain, _ = prototype_few_shot(features, labels, features, labels, n_way=3, k_shot=1, episodes=100, queries_per_class=5)
+    scaled, _ = prototype_few_shot(reference, labels, reference, labels, n_way=3, k_shot=1, episodes=100, queries_per_class=5)
+    assert plain < 0.6 < 0.8 < scaled

@@ -89,6 +89,16 @@ def prototype_few_shot(
     return float(accuracies.mean()), float(1.96 * accuracies.std() / math.sqrt(len(accuracies)))
 
 
+def standardize(reference: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Standardise features with the mean and std of `reference` (N, D): returns [reference, *others] transformed.
+
+    The linear probe's feature transform (the original's affine-free BatchNorm), offered for few-shot episodes too:
+    cosine similarity on raw transformer features is dominated by a few high-variance dimensions.
+    """
+    mean, std = reference.mean(0), np.maximum(reference.std(0), 1e-8)
+    return [(features - mean) / std for features in (reference, *others)]
+
+
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of images in [0, 1]: (N, C, H, W) x2 -> (N,)."""
     mse = (reconstruction.float().clamp(0, 1) - target.float()).pow(2).flatten(1).mean(1)
