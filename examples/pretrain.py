@@ -49,7 +49,7 @@ from mage_hf.training.model_setup import (
 from mage_hf.training.optim import absolute_learning_rate
 from mage_hf.training.pretokenize import data_identity, pretokenize
 from mage_hf.training.pretraining_trainer import MagePretrainingTrainer
-from mage_hf.training.transforms import MageImageTransform
+from mage_hf.training.transforms import RESAMPLING, MageImageTransform
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ def build_train_dataset(model_args, data_args, training_args, config, vqvae, tra
     return dataset, transform
 
 
-def save_pipeline(trainer: MagePretrainingTrainer, vqvae: MageVQModel, output_dir: str) -> None:
-    """`output_dir` becomes a `MagePipeline` folder (+ the image processor beside the transformer)."""
+def save_pipeline(trainer: MagePretrainingTrainer, vqvae: MageVQModel, output_dir: str, resample: int) -> None:
+    """`output_dir` becomes a `MagePipeline` folder (+ the image processor beside the transformer, resizing with
+    the training crops' PIL filter `resample`, so embeddings see images prepared as in training)."""
     staging = os.path.join(output_dir, ".transformer-staging")
     model = trainer.accelerator.unwrap_model(trainer.model)
     if not trainer.is_fsdp_enabled:
@@ -195,7 +196,7 @@ def save_pipeline(trainer: MagePretrainingTrainer, vqvae: MageVQModel, output_di
         transformer = MageForMaskedImageModeling.from_pretrained(staging)
         scheduler = MageScheduler(mask_token_id=transformer.config.mask_token_id)
         MagePipeline(vqvae=vqvae, transformer=transformer, scheduler=scheduler).save_pretrained(output_dir)
-        MageImageProcessor.from_mage_config(transformer.config).save_pretrained(os.path.join(output_dir, "transformer"))
+        MageImageProcessor.from_mage_config(transformer.config, resample=resample).save_pretrained(os.path.join(output_dir, "transformer"))
         shutil.rmtree(staging, ignore_errors=True)
         logger.info(f"saved MagePipeline to {output_dir}")
     trainer.accelerator.wait_for_everyone()
@@ -235,7 +236,7 @@ def main():
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
-    save_pipeline(trainer, vqvae, training_args.output_dir)
+    save_pipeline(trainer, vqvae, training_args.output_dir, RESAMPLING[data_args.interpolation])
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ def test_pretraining_loss_falls_and_writes_a_pipeline(monkeypatch, tmp_path, dat
     assert torch.equal(trained_codebook, MageVQModel.from_pretrained(vqvae_dir).quantize.embedding.weight)
     images = pipeline(batch_size=1, num_inference_steps=2, generator=torch.manual_seed(0), output_type="np").images
     assert images.shape == (1, 16, 16, 3)
-    assert (output / "transformer" / "preprocessor_config.json").is_file()
+    # The processor resizes with the training crops' filter (bilinear by default, PIL code 2).
+    processor = json.loads((output / "transformer" / "preprocessor_config.json").read_text())
+    assert processor["resample"] == 2 and processor["size"] == {"shortest_edge": 16}
 
 
 def test_resumed_run_equals_uninterrupted_run(monkeypatch, tmp_path, data_dir, vqvae_dir, model_config_file):
