@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="fashion_mnist.npz (examples/prepare_fashion_mnist.py)")
     parser.add_argument("--out", help="write the numbers as JSON here")
     parser.add_argument("--samples-per-class", type=int, default=100)
-    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0, 5.0])
+    parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0, 5.0, 8.0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--judge-epochs", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=600)
