@@ -6,12 +6,12 @@ shipped model, so they catch a broken or untrained model, not small regressions 
 measures those).
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import mage_hf
 from mage_hf import MageModel, MagePipeline
@@ -60,8 +60,6 @@ def test_loads_the_documented_ways(single_thread):
 def test_main_command_uses_the_default_model(tmp_path, single_thread):
     out = tmp_path / "samples.png"
     assert cli_main(["generate", "--num-images", "4", "--out", str(out), "--seed", "0"]) == 0
-    from PIL import Image
-
     grid = np.asarray(Image.open(out).convert("L"), dtype=np.float32)
     assert grid.std() > 10  # real content, not a blank grid
 
