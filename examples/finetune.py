@@ -25,9 +25,8 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from mage_hf import MageForImageClassification, MageImageProcessor
-from mage_hf.training.arguments import ImageDataArguments, check_output_dir, resolve_resume
+from mage_hf.training.arguments import ImageDataArguments, check_output_dir, pipeline_subfolder, resolve_resume
 from mage_hf.training.data import EpochCallback, PixelBatchTransform, collate_tensors, load_image_data
-from mage_hf.training.features import mage_subfolder
 from mage_hf.training.finetuning_trainer import MageFinetuningTrainer
 from mage_hf.training.metrics import compute_classification_metrics
 from mage_hf.training.mixup import MixupCutmix
@@ -87,7 +86,7 @@ def load_classifier(model_args: FinetuneModelArguments, class_names: list[str]) 
     if not os.path.isdir(path):
         raise ValueError(f"`model_name_or_path` {path!r} is not a folder (expected a MAGE pipeline or model folder)")
     model = MageForImageClassification.from_pretrained(
-        path, subfolder=mage_subfolder(path), num_labels=len(class_names),
+        path, subfolder=pipeline_subfolder(path, "transformer"), num_labels=len(class_names),
         id2label=dict(enumerate(class_names)), label2id={name: i for i, name in enumerate(class_names)},
         drop_path_rate=model_args.drop_path_rate, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         classifier_pooling=model_args.classifier_pooling, class_conditional=False,

@@ -30,7 +30,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from mage_hf import MageForMaskedImageModeling, MageImageProcessor, MagePipeline, MageScheduler, MageVQModel
-from mage_hf.training.arguments import ImageDataArguments, check_output_dir, resolve_resume
+from mage_hf.training.arguments import ImageDataArguments, check_output_dir, pipeline_subfolder, resolve_resume
 from mage_hf.training.contrastive import MageContrastiveHead
 from mage_hf.training.data import (
     EpochCallback,
@@ -142,8 +142,8 @@ def check_arguments(model_args: ModelArguments, data_args: PretrainDataArguments
 def build_model(model_args: ModelArguments, config, vqvae: MageVQModel) -> MageForMaskedImageModeling:
     if model_args.model_name_or_path is not None:
         path = model_args.model_name_or_path
-        subfolder = "transformer" if os.path.isfile(os.path.join(path, "model_index.json")) else ""
-        model = MageForMaskedImageModeling.from_pretrained(path, subfolder=subfolder, config=config)
+        model = MageForMaskedImageModeling.from_pretrained(path, subfolder=pipeline_subfolder(path, "transformer"),
+                                                           config=config)
     else:
         model = MageForMaskedImageModeling(config)
     copy_vqvae_weights(model, vqvae, warn_if_different=model_args.model_name_or_path is not None)

@@ -52,6 +52,12 @@ class ImageDataArguments:
         )
 
 
+def pipeline_subfolder(path: str, component: str) -> str:
+    """`component` (e.g. "transformer", "vqvae") when `path` is a pipeline folder (it has `model_index.json`),
+    else "" (the folder holds that component itself)."""
+    return component if os.path.isfile(os.path.join(path, "model_index.json")) else ""
+
+
 def parse_json_or_path(value: str | None, argument: str) -> dict:
     """A JSON object given inline or as a path to a .json file (`{}` for None)."""
     if value is None:

@@ -11,20 +11,16 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from ..modeling_mage import MageModel
+from .arguments import pipeline_subfolder
 from .data import ImageData, PixelBatchTransform, collate_tensors
 from .transforms import ImageTransformConfig, MageImageTransform
-
-
-def mage_subfolder(path: str) -> str:
-    """`transformer` for a pipeline folder (with `model_index.json`), else the folder itself."""
-    return "transformer" if os.path.isfile(os.path.join(path, "model_index.json")) else ""
 
 
 def load_mage_encoder(path: str, argument: str = "model_name_or_path") -> MageModel:
     """`MageModel` (encoder + built-in tokenizer) from a pipeline, pre-training, classifier or encoder folder."""
     if not os.path.isdir(path):
         raise ValueError(f"`{argument}` {path!r} is not a folder (expected a MAGE pipeline or model folder)")
-    return MageModel.from_pretrained(path, subfolder=mage_subfolder(path)).eval()
+    return MageModel.from_pretrained(path, subfolder=pipeline_subfolder(path, "transformer")).eval()
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from ..configuration_mage import MAGE_PRESETS, MageConfig
 from ..modeling_mage import MageForMaskedImageModeling
 from ..modeling_vqvae import MageVQModel
 from ..vq_layers import DEFAULT_VQ_CONFIG
-from .arguments import parse_json_or_path
+from .arguments import parse_json_or_path, pipeline_subfolder
 
 logger = logging.get_logger(__name__)
 
@@ -26,10 +26,10 @@ def load_vqvae(path: str, argument: str = "vqvae") -> MageVQModel:
     """A `MageVQModel` folder, or a pipeline folder (its `vqvae/` subfolder)."""
     if not os.path.isdir(path):
         raise ValueError(f"`{argument}` {path!r} is not a folder (expected a MageVQModel or pipeline folder)")
-    subfolder = "vqvae" if os.path.isfile(os.path.join(path, "model_index.json")) else None
-    if not os.path.isfile(os.path.join(path, subfolder or "", "config.json")):
+    subfolder = pipeline_subfolder(path, "vqvae")
+    if not os.path.isfile(os.path.join(path, subfolder, "config.json")):
         raise ValueError(f"`{argument}` {path!r} has no config.json (expected a MageVQModel folder from train_tokenizer.py)")
-    return MageVQModel.from_pretrained(path, subfolder=subfolder)
+    return MageVQModel.from_pretrained(path, subfolder=subfolder or None)
 
 
 def vq_settings(vqvae: MageVQModel) -> dict:
@@ -77,7 +77,8 @@ def build_pretraining_config(model_config: str | None, model_name_or_path: str |
     if (model_config is None) == (model_name_or_path is None):
         raise ValueError("Pass exactly one of `model_config` (fresh weights) and `model_name_or_path` (start from weights)")
     if model_name_or_path is not None:
-        config = MageConfig.from_pretrained(model_name_or_path, subfolder=_transformer_subfolder(model_name_or_path))
+        subfolder = pipeline_subfolder(model_name_or_path, "transformer")
+        config = MageConfig.from_pretrained(model_name_or_path, subfolder=subfolder)
         check_vqvae_matches(config.vqvae_config, vqvae)
     else:
         kwargs = config_kwargs_from(model_config)
@@ -101,10 +102,6 @@ def check_image_size(image_size: int, vqvae: MageVQModel) -> None:
             f"`image_size` ({image_size}) must be a multiple of the tokenizer's downsampling factor ({factor}, "
             f"from channel_multipliers {list(vqvae.config.channel_multipliers)})"
         )
-
-
-def _transformer_subfolder(path: str) -> str:
-    return "transformer" if os.path.isfile(os.path.join(path, "model_index.json")) else ""
 
 
 def set_class_conditioning(config: MageConfig, class_names: list[str] | None, dropout_prob: float | None) -> None:
