@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to ../shared material and tiny configs.
+"""Shared test fixtures: the reference data shipped in `tests/` and tiny configs.
 
 Tests are offline and fast; anything slower than a few seconds is marked `slow` (excluded from CI).
 Add new shared fixtures at the end of this file; do not change existing ones.
@@ -20,9 +20,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("MAGE_SHARED_DIR", REPO_ROOT.parent / "shared"))
-FIXTURE_DIR = SHARED_DIR / "fixtures" / "original_tiny"
-DATA_DIR = SHARED_DIR / "data"
+TESTS_DIR = Path(__file__).resolve().parent
+# The original code's outputs on tiny random checkpoints (see its README), copied into the project so the parity
+# tests run on a fresh clone.
+FIXTURE_DIR = TESTS_DIR / "fixtures" / "original_tiny"
+# A class-balanced Fashion-MNIST subset (see tests/data/README.md).
+DATA_DIR = TESTS_DIR / "data"
+FASHION_MNIST_SUBSET = DATA_DIR / "fashion_mnist_5k.npz"
 
 
 def tiny_config_kwargs(**overrides) -> dict:
@@ -65,16 +69,21 @@ def tiny_images():
 
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
-    if not FIXTURE_DIR.is_dir():
-        pytest.skip(f"original fixtures not found at {FIXTURE_DIR}")
+    # Shipped with the tests: a missing folder is a broken checkout, which must fail rather than skip.
+    assert FIXTURE_DIR.is_dir(), f"original fixtures missing at {FIXTURE_DIR}"
     return FIXTURE_DIR
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"shared data not found at {DATA_DIR}")
+    assert FASHION_MNIST_SUBSET.is_file(), f"Fashion-MNIST subset missing at {FASHION_MNIST_SUBSET}"
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_path(data_dir) -> Path:
+    """The Fashion-MNIST subset `.npz` (same keys as the full file: x_train, y_train, x_test, y_test, class_names)."""
+    return FASHION_MNIST_SUBSET
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def vqvae_dir(tmp_path_factory, data_dir) -> Path:
     """The conftest tiny tokenizer (16 px -> 8x8 tokens, 16 codes), codebook seeded from Fashion-MNIST latents."""
     torch.manual_seed(0)
     vqvae = MageVQModel(**tiny_config_kwargs()["vqvae_config"])
-    images = np.load(data_dir / "fashion_mnist.npz")["x_train"][:64]
+    images = np.load(data_dir / "fashion_mnist_5k.npz")["x_train"][:64]
     transform = MageImageTransform(ImageTransformConfig(image_size=16, random_crop=False))
     with torch.no_grad():
         latents = vqvae.encode(torch.stack([transform(image) for image in images])).latents
@@ -55,7 +55,7 @@ def run_pretrain(monkeypatch, *args) -> None:
 
 def pretrain_args(data_dir, vqvae_dir, config_file, output_dir, **overrides) -> list[str]:
     args = {
-        "vqvae": vqvae_dir, "model_config": config_file, "train_data": data_dir / "fashion_mnist.npz",
+        "vqvae": vqvae_dir, "model_config": config_file, "train_data": data_dir / "fashion_mnist_5k.npz",
         "max_train_samples": 64, "output_dir": output_dir, "per_device_train_batch_size": 16, "max_steps": 4,
         "logging_steps": 1, "save_strategy": "no", "learning_rate": 3e-3, "base_learning_rate": 0,
         "warmup_steps": 2, "disable_tqdm": "true", "seed": 0, "use_cpu": "true",

@@ -32,7 +32,7 @@ def run_named_example(monkeypatch, name: str, **args):
 
 def test_linear_probe_on_mage_features(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
     results = run_named_example(monkeypatch, "linear_probe", model_name_or_path=tiny_mage_dir,
-                          train_data=data_dir / "fashion_mnist.npz", output_dir=tmp_path, max_train_samples=256,
+                          train_data=data_dir / "fashion_mnist_5k.npz", output_dir=tmp_path, max_train_samples=256,
                           max_eval_samples=128, epochs=3, warmup_epochs=1, batch_size=64)
     assert 0.0 <= results["accuracy"] <= 1.0
     saved = json.loads((tmp_path / "linear_probe_results.json").read_text())
@@ -41,28 +41,28 @@ def test_linear_probe_on_mage_features(monkeypatch, tmp_path, data_dir, tiny_mag
 
 
 def test_raw_pixel_linear_probe_learns(monkeypatch, tmp_path, data_dir):
-    results = run_named_example(monkeypatch, "linear_probe", features="raw", train_data=data_dir / "fashion_mnist.npz",
+    results = run_named_example(monkeypatch, "linear_probe", features="raw", train_data=data_dir / "fashion_mnist_5k.npz",
                           output_dir=tmp_path, max_train_samples=1000, max_eval_samples=500, epochs=10,
                           warmup_epochs=1, batch_size=100, optimizer="sgd", base_learning_rate=0.5)
     assert results["accuracy"] > 0.6  # 10 classes: chance is 0.1
 
 
 def test_few_shot_model_and_raw_features(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
-    results = run_named_example(monkeypatch, "few_shot", model_name_or_path=tiny_mage_dir, data=data_dir / "fashion_mnist.npz",
+    results = run_named_example(monkeypatch, "few_shot", model_name_or_path=tiny_mage_dir, data=data_dir / "fashion_mnist_5k.npz",
                           max_samples=300, k_shot=[1, 3], n_query=5, episodes=10, output_file=tmp_path / "fs.json")
     assert {(r["k_shot"], r["classifier"]) for r in results} == {(1, "prototype"), (1, "logistic"), (3, "prototype"),
                                                                    (3, "logistic")}
     assert json.loads((tmp_path / "fs.json").read_text())["results"] == results
-    raw = run_named_example(monkeypatch, "few_shot", features="raw", data=data_dir / "fashion_mnist.npz", max_samples=500,
+    raw = run_named_example(monkeypatch, "few_shot", features="raw", data=data_dir / "fashion_mnist_5k.npz", max_samples=500,
                       k_shot=[1], episodes=40, classifiers=["prototype"])
     assert raw[0]["accuracy"] > 0.45  # 5-way: chance is 0.2; the shared README reports ~0.61 on pixels
     with pytest.raises(ValueError, match="model_name_or_path"):
-        run_named_example(monkeypatch, "few_shot", data=data_dir / "fashion_mnist.npz")
+        run_named_example(monkeypatch, "few_shot", data=data_dir / "fashion_mnist_5k.npz")
 
 
 def test_finetune_few_shot_classifier(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
     metrics = run_named_example(monkeypatch, "finetune", model_name_or_path=tiny_mage_dir,
-                          train_data=data_dir / "fashion_mnist.npz", max_train_samples_per_class=4, max_eval_samples=64,
+                          train_data=data_dir / "fashion_mnist_5k.npz", max_train_samples_per_class=4, max_eval_samples=64,
                           output_dir=tmp_path, max_steps=3, per_device_train_batch_size=8, logging_steps=1,
                           save_strategy="no", disable_tqdm="true", use_cpu="true")
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0

@@ -26,7 +26,7 @@ def run_tokenizer_script(monkeypatch, *args) -> None:
 
 def common_args(data_dir, output_dir, **overrides):
     args = {
-        "train_data": data_dir / "fashion_mnist.npz", "max_train_samples": 256, "image_size": 16, "vq_config": TINY_VQ,
+        "train_data": data_dir / "fashion_mnist_5k.npz", "max_train_samples": 256, "image_size": 16, "vq_config": TINY_VQ,
         "output_dir": output_dir, "per_device_train_batch_size": 32, "learning_rate": 2e-3, "logging_steps": 5,
         "save_steps": 100, "dead_code_restart_steps": 10, "gan_weight": 0, "seed": 0,
     }

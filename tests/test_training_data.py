@@ -22,11 +22,11 @@ from conftest import tiny_config_kwargs
 
 
 def test_load_fashion_mnist_npz(data_dir):
-    data = load_image_data(str(data_dir / "fashion_mnist.npz"), max_samples=20)
+    data = load_image_data(str(data_dir / "fashion_mnist_5k.npz"), max_samples=20)
     assert len(data.dataset) == 20 and data.num_classes == 10 and data.class_names[0] == "T-shirt/top"
     assert data.dataset[3][SAMPLE_INDEX_COLUMN] == 3
-    test = load_image_data(str(data_dir / "fashion_mnist.npz"), split="test", max_samples=5)
-    assert test.dataset[0][data.label_column] == int(np.load(data_dir / "fashion_mnist.npz")["y_test"][0])
+    test = load_image_data(str(data_dir / "fashion_mnist_5k.npz"), split="test", max_samples=5)
+    assert test.dataset[0][data.label_column] == int(np.load(data_dir / "fashion_mnist_5k.npz")["y_test"][0])
 
 
 def test_load_image_folder(tmp_path):
@@ -42,13 +42,13 @@ def test_bad_sources_name_the_argument(tmp_path, data_dir):
     with pytest.raises(ValueError, match="train_data.*does not exist"):
         load_image_data(str(tmp_path / "missing.npz"))
     with pytest.raises(ValueError, match="x_validation"):
-        load_image_data(str(data_dir / "fashion_mnist.npz"), split="validation")
+        load_image_data(str(data_dir / "fashion_mnist_5k.npz"), split="validation")
     with pytest.raises(ValueError, match="train_data.*does not exist"):
         load_image_data(str(tmp_path / "no" / "such" / "folder"))
 
 
 def test_batch_transforms_and_epochs(data_dir):
-    data = load_image_data(str(data_dir / "fashion_mnist.npz"), max_samples=6)
+    data = load_image_data(str(data_dir / "fashion_mnist_5k.npz"), max_samples=6)
     transform = PixelBatchTransform(MageImageTransform(ImageTransformConfig(image_size=16)), data.image_column,
                                     data.label_column, num_views=2, label_key="class_labels")
     data.dataset.set_transform(transform)
@@ -78,11 +78,11 @@ def test_epoch_sampler_is_seeded_per_epoch():
 def test_pretokenized_views_equal_on_the_fly_crops(data_dir, tmp_path):
     torch.manual_seed(0)
     vqvae = MageVQModel(**tiny_config_kwargs()["vqvae_config"]).eval()
-    data = load_image_data(str(data_dir / "fashion_mnist.npz"), max_samples=6)
+    data = load_image_data(str(data_dir / "fashion_mnist_5k.npz"), max_samples=6)
     transform = MageImageTransform(ImageTransformConfig(image_size=16, seed=7))
     cached = pretokenize(data, vqvae, transform, num_views=3, cache_dir=str(tmp_path), data_id="fmnist-6", batch_size=4)
     assert cached.features[TOKEN_IDS_COLUMN].shape == (3, 64)
-    images = load_image_data(str(data_dir / "fashion_mnist.npz"), max_samples=6).dataset
+    images = load_image_data(str(data_dir / "fashion_mnist_5k.npz"), max_samples=6).dataset
     keys = [(index, view) for index in (0, 5) for view in range(3)]
     expected = vqvae.tokenize(torch.stack([transform(images[i]["image"], i, v) for i, v in keys]))
     for (index, view), tokens in zip(keys, expected):
