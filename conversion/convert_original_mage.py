@@ -9,7 +9,9 @@ A pre-training checkpoint becomes a `MagePipeline` folder (`model_index.json`, `
     python conversion/convert_original_mage.py --checkpoint mage-vitb-ft.pth --model vit_base_patch16 \
         --task image-classification --output mage-vit-base-ft --push-to-hub my-org/mage-vit-base-ft
 
-The logic lives in `mage_hf.convert_original` (shared with `mage-hf convert`).
+`--overwrite` writes into an existing folder: it replaces (and lists) only the files the conversion writes and keeps
+every other file, also inside `transformer/` and `vqvae/`. The logic lives in `mage_hf.convert_original` (shared
+with `mage-hf convert`).
 """
 
 import sys

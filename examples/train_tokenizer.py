@@ -118,6 +118,11 @@ class TokenizerTrainingArguments:
     eval_steps: int | None = field(default=None, metadata={"help": "Evaluate on eval_split every N steps (and at the end)."})
     dataloader_num_workers: int = 0
     mixed_precision: str | None = field(default=None, metadata={"help": "no, fp16 or bf16 (default: accelerate config)."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute the VQ encoder/decoder blocks in the backward pass: about 7x less activation "
+                          "memory at 256 px for about 30% more time per step."},
+    )
     report_to: str = field(default="none", metadata={"help": "Accelerate tracker (tensorboard, wandb, ...) or 'none'."})
 
     def __post_init__(self):
@@ -398,6 +403,8 @@ def main():
     set_seed(args.seed)
 
     vqvae = build_vqvae(model_args, data_args.image_size)
+    if args.gradient_checkpointing:
+        vqvae.enable_gradient_checkpointing()
     image_size = data_args.image_size or vqvae.config.sample_size
     check_image_size(image_size, vqvae.config.channel_multipliers)
     train_data = load_image_data(data_args.train_data, data_args.train_split, data_args.image_column,

@@ -67,6 +67,16 @@ def test_tokenizer_resume_equals_uninterrupted_run(monkeypatch, tmp_path, data_d
     assert read_log(full)[-1]["loss"] == read_log(resumed)[-1]["loss"]
 
 
+def test_tokenizer_gradient_checkpointing_trains_the_same_weights(monkeypatch, tmp_path, data_dir):
+    args = dict(max_train_samples=32, max_steps=2, per_device_train_batch_size=16)
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    run_tokenizer_script(monkeypatch, *common_args(data_dir, plain, **args))
+    run_tokenizer_script(monkeypatch, *common_args(data_dir, checkpointed, gradient_checkpointing=True, **args))
+    expected = load_file(plain / "diffusion_pytorch_model.safetensors")
+    actual = load_file(checkpointed / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

@@ -52,3 +52,14 @@ def test_rgb_conversion_and_bad_inputs():
         ImageTransformConfig(resize_mode="stretch")
     with pytest.raises(ValueError, match="crop_scale"):
         ImageTransformConfig(crop_scale=(0.0, 1.0))
+
+
+def test_rgb_conversion_scales_sixteen_bit_and_composites_transparency():
+    # A 16-bit grey image at half range must become grey 128, not saturate to 255 as `convert("RGB")` does.
+    grey16 = Image.fromarray(np.full((2, 2), 32768, np.uint16))
+    assert grey16.mode == "I;16"
+    assert np.asarray(to_rgb_image(grey16)).tolist() == [[[128] * 3] * 2] * 2
+    # Fully transparent pixels are composited on white (the processor's documented background), arrays too.
+    transparent = np.zeros((2, 2, 4), np.uint8)
+    assert (np.asarray(to_rgb_image(transparent)) == 255).all()
+    assert (np.asarray(to_rgb_image(Image.fromarray(transparent))) == 255).all()

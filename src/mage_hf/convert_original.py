@@ -317,6 +317,26 @@ def load_converted(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], 
     model.load_state_dict(state_dict, strict=False)
 
 
+# Every original MAGE model (pre-training and fine-tuned) has these; a checkpoint without them is something else.
+MAGE_KEY_PREFIXES = ("token_emb.", "blocks.")
+
+
+def check_is_mage_checkpoint(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Refuse, naming the file and a few of its keys, a state dict that is not an original MAGE model."""
+    if all(any(key.startswith(prefix) for key in state_dict) for prefix in MAGE_KEY_PREFIXES):
+        return
+    sample = ", ".join(sorted(state_dict)[:5]) or "none"
+    if any(key.startswith("quantize.") for key in state_dict):
+        raise ConversionError(
+            f"`--checkpoint` {path} is a VQGAN checkpoint, not a MAGE one: pass it with `--vqgan` and the MAGE "
+            f"checkpoint with `--checkpoint`"
+        )
+    raise ConversionError(
+        f"`--checkpoint` {path} is not a MAGE checkpoint: no keys like `blocks.*` / `token_emb.*` "
+        f"({len(state_dict)} key(s), e.g. {sample})"
+    )
+
+
 def collect_weights(checkpoint: str | os.PathLike, vqgan: str | os.PathLike | None,
                     ignore_unknown_keys: bool = False) -> tuple[dict[str, torch.Tensor], ConvertedWeights]:
     """Read the main checkpoint (and a separate VQGAN one), rename everything, and police unknown keys.
@@ -324,6 +344,7 @@ def collect_weights(checkpoint: str | os.PathLike, vqgan: str | os.PathLike | No
     Returns the original state dict (for config inference) and the renamed weights.
     """
     state_dict = load_original_state_dict(checkpoint)
+    check_is_mage_checkpoint(state_dict, checkpoint)
     weights = map_original_keys(state_dict)
     if vqgan is not None:
         vq_weights = map_original_keys(load_original_state_dict(vqgan, "--vqgan"))
@@ -403,21 +424,105 @@ def check_output_dir(output: str | os.PathLike, overwrite: bool = False) -> Path
     return output
 
 
-def _install(staging: Path, output: Path) -> None:
-    """Move everything from `staging` into `output`, replacing same-named entries only."""
-    output.mkdir(parents=True, exist_ok=True)
-    written = set()
-    for entry in sorted(staging.iterdir()):
-        target = output / entry.name
+def _relative_files(root: Path) -> list[str]:
+    """Every file (or symlink) under `root`, as sorted POSIX paths relative to it."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        found += [Path(folder, name).relative_to(root).as_posix() for name in files]
+        found += [Path(folder, name).relative_to(root).as_posix() for name in dirs if Path(folder, name).is_symlink()]
+    return sorted(found)
+
+
+def _check_no_conflicts(staging: Path, output: Path) -> None:
+    """Refuse, before anything is changed, an output where a file sits at a folder the conversion writes (or a
+    folder at one of its files): replacing either would delete data the conversion does not own."""
+    for relative in _relative_files(staging):
+        target = output / relative
+        for parent in list(reversed(target.relative_to(output).parents))[1:]:
+            blocker = output / parent
+            if (blocker.exists() or blocker.is_symlink()) and not blocker.is_dir():
+                raise FileExistsError(
+                    f"`--output`: {blocker} is a file where the conversion writes a folder; move it away"
+                )
         if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-        shutil.move(str(entry), str(target))
-        written.add(entry.name)
-    kept = sorted(p.name for p in output.iterdir() if p.name not in written)
+            raise FileExistsError(f"`--output`: {target} is a folder where the conversion writes a file; move it away")
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    """Hard-link `source` to `destination` (same data, no copy), or copy it where links are not possible."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+        return
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def _carry_over(old_folder: Path, new_folder: Path) -> list[str]:
+    """Put into `new_folder` every file of `old_folder` that it does not have; returns them (relative paths).
+
+    Hard links, so the originals stay where they are until the folders are swapped: an error or a kill before the
+    swap loses nothing."""
+    kept = []
+    for relative in _relative_files(old_folder):
+        if not (new_folder / relative).exists() and not (new_folder / relative).is_symlink():
+            _link_or_copy(old_folder / relative, new_folder / relative)
+            kept.append(relative)
+    for folder, dirs, _ in os.walk(old_folder):  # empty folders of the user's, too
+        for name in dirs:
+            (new_folder / Path(folder, name).relative_to(old_folder)).mkdir(parents=True, exist_ok=True)
+    return kept
+
+
+def _install(staging: Path, output: Path) -> tuple[list[str], list[str]]:
+    """Move the converted files from `staging` into `output`, replacing only the files the conversion writes.
+
+    Top-level files are replaced with `os.replace` (atomic). Each top-level folder (`transformer/`, `vqvae/`, ...)
+    is swapped whole, by two renames, after the old folder's other files have been linked into the new one: a
+    killed conversion leaves each folder either as it was or complete, never half-written, and every file the
+    conversion does not write is kept. Returns (replaced, kept) paths relative to `output`.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    _check_no_conflicts(staging, output)
+    written = _relative_files(staging)
+    replaced = [path for path in written if (output / path).exists() or (output / path).is_symlink()]
+    kept: list[str] = []
+    # Old folders are parked beside `output` (not in `staging`, which is removed even after an error) until the
+    # new ones are in place; a folder that could not be put back stays there, and the error says where.
+    trash = Path(tempfile.mkdtemp(prefix=f".{output.name}-replaced-", dir=output.parent))
+    stranded = False
+    try:
+        for entry in sorted(staging.iterdir()):
+            target = output / entry.name
+            if not (entry.is_dir() and target.is_dir()):
+                os.replace(entry, target)
+                continue
+            kept += [f"{entry.name}/{path}" for path in _carry_over(target, entry)]
+            parked = trash / entry.name  # a symlinked folder: only the link is moved
+            os.rename(target, parked)
+            try:
+                os.rename(entry, target)
+            except BaseException:
+                try:
+                    os.rename(parked, target)
+                except BaseException:
+                    stranded = True
+                    logger.error("could not put the previous %s back; it is at %s", target, parked)
+                raise
+    finally:
+        if not stranded:
+            shutil.rmtree(trash, ignore_errors=True)
+    written_top = {path.split("/")[0] for path in written}
+    kept += [path.name + ("/" if path.is_dir() else "") for path in output.iterdir() if path.name not in written_top]
+    if replaced:
+        logger.warning("--overwrite: replaced %d file(s) of %s with the converted ones: %s", len(replaced), output,
+                       ", ".join(replaced))
     if kept:
-        logger.warning("kept files in %s that this conversion did not write: %s", output, kept)
+        logger.warning("kept %d file(s) in %s that this conversion does not write: %s", len(kept), output,
+                       ", ".join(sorted(kept)))
+    return replaced, sorted(kept)
 
 
 def push_converted_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None,
@@ -453,7 +558,8 @@ def convert_checkpoint(
 
     Args:
         checkpoint: the original `.pth` (`{"model": state_dict}`).
-        output: the folder to write; must be empty or absent unless `overwrite`.
+        output: the folder to write; must be empty or absent unless `overwrite`, which replaces only the files the
+            conversion writes (logged) and keeps every other file, also inside `transformer/` and `vqvae/`.
         model / original_config: a preset name (`MAGE_PRESETS`) or the original hyper-parameters as JSON.
         vqgan: a separate VQGAN checkpoint, needed when `checkpoint` has no `vqgan.*` keys.
         task: `"pretraining"` or `"image-classification"`; inferred from the checkpoint (a `head`) when None.
@@ -573,7 +679,9 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the folder to this Hub repository")
     parser.add_argument("--private", action="store_true", default=None, help="create the Hub repository as private")
     parser.add_argument("--ignore-unknown-keys", action="store_true", help="drop unknown keys with a warning")
-    parser.add_argument("--overwrite", action="store_true", help="replace the converted files in a non-empty --output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty --output: only the files this conversion writes are replaced "
+                             "(and listed); every other file there, also inside transformer/ and vqvae/, is kept")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="dtype of the written transformer weights (default float32; the VQGAN stays float32)")
     parser.add_argument("--id2label", default=None, help="class names: JSON file or JSON text (list or {id: name})")

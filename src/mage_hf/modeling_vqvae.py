@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
@@ -9,6 +12,7 @@ from diffusers.models.autoencoders.vq_model import VQEncoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from .vq_layers import VectorQuantizer, VQDecoder, VQEncoder, check_pixel_values, vq_downsample_factor
+from .weights_check import check_safetensors_folder
 
 
 class MageVQModel(ModelMixin, ConfigMixin):
@@ -36,7 +40,8 @@ class MageVQModel(ModelMixin, ConfigMixin):
         ```
     """
 
-    _supports_gradient_checkpointing = False
+    # `enable_gradient_checkpointing()` recomputes each encoder/decoder resolution level in the backward pass.
+    _supports_gradient_checkpointing = True
 
     @register_to_config
     def __init__(
@@ -53,6 +58,8 @@ class MageVQModel(ModelMixin, ConfigMixin):
         norm_eps: float = 1e-6,
     ):
         super().__init__()
+        if not isinstance(num_res_blocks, int) or num_res_blocks < 1:
+            raise ValueError(f"`num_res_blocks` must be a positive integer, got {num_res_blocks!r}")
         for name, channels in (("base_channels", base_channels), ("latent_channels", latent_channels)):
             if channels % norm_num_groups:
                 raise ValueError(f"`{name}` ({channels}) must be a multiple of `norm_num_groups` ({norm_num_groups})")
@@ -75,6 +82,21 @@ class MageVQModel(ModelMixin, ConfigMixin):
         # Opt-in fast decoding (`enable_fast_decode`); off by default so that decoding matches the original.
         self.fast_decode_dtype: torch.dtype | None = None
         self.fast_decode_channels_last = False
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, **kwargs) -> "MageVQModel":
+        """diffusers' loader; a truncated or corrupt local weights file fails with a ValueError naming the file and
+        the reason (diffusers' own error names the file only)."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (OSError, ValueError) as error:
+            folder = Path(os.fspath(pretrained_model_name_or_path or ""), kwargs.get("subfolder") or "")
+            if folder.is_dir():
+                try:
+                    check_safetensors_folder(folder, recursive=False)
+                except ValueError as bad_file:  # names the file and why it cannot be read
+                    raise bad_file from error
+            raise
 
     def enable_fast_decode(self, dtype: torch.dtype | None = torch.bfloat16, channels_last: bool = True) -> None:
         r"""Decode faster, at a small cost in exactness: the decoder runs under `torch.autocast(dtype)` (weights
@@ -101,7 +123,9 @@ class MageVQModel(ModelMixin, ConfigMixin):
         return vq_downsample_factor(self.config.channel_multipliers)
 
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True) -> VQEncoderOutput | tuple:
-        """Pixels (batch, C, H, W) in [0, 1] -> `latents` (batch, latent_channels, H/f, W/f), before quantization."""
+        """Pixels (batch, C, H, W) in [0, 1] -> `latents` (batch, latent_channels, H/f, W/f), before quantization.
+
+        Raises a ValueError for NaN/inf pixels or pixels outside [0, 1] (see `check_pixel_values`)."""
         check_pixel_values(pixel_values, self.config.in_channels, self.downsample_factor)
         latents = self.encoder(pixel_values.to(self.dtype))
         return VQEncoderOutput(latents=latents) if return_dict else (latents,)
@@ -137,10 +161,14 @@ class MageVQModel(ModelMixin, ConfigMixin):
             raise TypeError("`token_ids` must be an integer torch.Tensor of shape (batch, h * w)")
         if token_ids.ndim != 2:
             raise ValueError(f"`token_ids` must have shape (batch, h * w), got {tuple(token_ids.shape)}")
-        if token_ids.numel() and (token_ids.min() < 0 or token_ids.max() >= self.config.codebook_size):
+        # A Python branch on tensor values cannot be traced by torch.compile / torch.export.
+        if torch.compiler.is_compiling() or not token_ids.numel():
+            return
+        low, high = token_ids.aminmax()
+        if ((low < 0) | (high >= self.config.codebook_size)).item():
             raise ValueError(
                 f"`token_ids` must be codebook ids in [0, {self.config.codebook_size - 1}], got values in "
-                f"[{int(token_ids.min())}, {int(token_ids.max())}]"
+                f"[{int(low)}, {int(high)}]"
             )
 
     def decode_tokens(self, token_ids: torch.LongTensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -66,8 +66,76 @@ class VQDownsample(nn.Module):
         return F.avg_pool2d(hidden, kernel_size=2, stride=2)
 
 
-class VQEncoder(nn.Module):
-    """Pixels (batch, in_channels, H, W) -> latents (batch, latent_channels, H / 2**(L-1), W / 2**(L-1))."""
+class VQMidBlock(nn.Module):
+    """Two residual blocks at the lowest resolution (`mid.block_1`, `mid.block_2` in the original)."""
+
+    def __init__(self, channels: int, num_groups: int, eps: float):
+        super().__init__()
+        self.block_1 = VQResnetBlock(channels, channels, num_groups, eps)
+        self.block_2 = VQResnetBlock(channels, channels, num_groups, eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.block_1(hidden))
+
+
+class VQEncoderStage(nn.Module):
+    """One resolution level of the encoder: `num_res_blocks` residual blocks, then 2x pooling except at the last
+    level (`down.{level}` in the original)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_res_blocks: int, downsample: bool, num_groups: int,
+                 eps: float):
+        super().__init__()
+        self.block = nn.ModuleList(
+            VQResnetBlock(in_channels if index == 0 else out_channels, out_channels, num_groups, eps)
+            for index in range(num_res_blocks)
+        )
+        if downsample:
+            self.downsample = VQDownsample()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            hidden = block(hidden)
+        return self.downsample(hidden) if hasattr(self, "downsample") else hidden
+
+
+class VQDecoderStage(nn.Module):
+    """One resolution level of the decoder: `num_res_blocks` residual blocks, then nearest 2x upsampling + conv
+    except at the top level (`up.{level}` in the original)."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_res_blocks: int, upsample: bool, num_groups: int,
+                 eps: float):
+        super().__init__()
+        self.block = nn.ModuleList(
+            VQResnetBlock(in_channels if index == 0 else out_channels, out_channels, num_groups, eps)
+            for index in range(num_res_blocks)
+        )
+        if upsample:
+            self.upsample = VQUpsample(out_channels)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for block in self.block:
+            hidden = block(hidden)
+        return self.upsample(hidden) if hasattr(self, "upsample") else hidden
+
+
+class _CheckpointedStages(nn.Module):
+    """Runs sub-modules through `_gradient_checkpointing_func` when gradients are on and checkpointing is enabled
+    (diffusers' convention: `ModelMixin.enable_gradient_checkpointing` sets both attributes)."""
+
+    gradient_checkpointing = False
+
+    def _run(self, module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(module, hidden)
+        return module(hidden)
+
+
+class VQEncoder(_CheckpointedStages):
+    """Pixels (batch, in_channels, H, W) -> latents (batch, latent_channels, H / 2**(L-1), W / 2**(L-1)).
+
+    With gradient checkpointing on, each resolution level and the middle block are recomputed in the backward
+    pass instead of keeping their activations.
+    """
 
     def __init__(
         self,
@@ -80,38 +148,35 @@ class VQEncoder(nn.Module):
         norm_eps: float,
     ):
         super().__init__()
+        self.gradient_checkpointing = False
         self.conv_in = nn.Conv2d(in_channels, base_channels, kernel_size=3, padding=1, bias=False)
         self.down = nn.ModuleList()
         block_in = base_channels
         for level, multiplier in enumerate(channel_multipliers):
-            stage = nn.Module()
-            stage.block = nn.ModuleList()
             block_out = base_channels * multiplier
-            for _ in range(num_res_blocks):
-                stage.block.append(VQResnetBlock(block_in, block_out, norm_num_groups, norm_eps))
-                block_in = block_out
-            if level != len(channel_multipliers) - 1:
-                stage.downsample = VQDownsample()
-            self.down.append(stage)
-        self.mid = nn.Module()
-        self.mid.block_1 = VQResnetBlock(block_in, block_in, norm_num_groups, norm_eps)
-        self.mid.block_2 = VQResnetBlock(block_in, block_in, norm_num_groups, norm_eps)
+            last = level == len(channel_multipliers) - 1
+            self.down.append(
+                VQEncoderStage(block_in, block_out, num_res_blocks, not last, norm_num_groups, norm_eps)
+            )
+            block_in = block_out
+        self.mid = VQMidBlock(block_in, norm_num_groups, norm_eps)
         self.norm_out = _group_norm(block_in, norm_num_groups, norm_eps)
         self.conv_out = nn.Conv2d(block_in, latent_channels, kernel_size=1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.conv_in(pixel_values)
         for stage in self.down:
-            for block in stage.block:
-                hidden = block(hidden)
-            if hasattr(stage, "downsample"):
-                hidden = stage.downsample(hidden)
-        hidden = self.mid.block_2(self.mid.block_1(hidden))
+            hidden = self._run(stage, hidden)
+        hidden = self._run(self.mid, hidden)
         return self.conv_out(F.silu(self.norm_out(hidden)))
 
 
-class VQDecoder(nn.Module):
-    """Latents (batch, latent_channels, h, w) -> pixels (batch, out_channels, h * 2**(L-1), w * 2**(L-1))."""
+class VQDecoder(_CheckpointedStages):
+    """Latents (batch, latent_channels, h, w) -> pixels (batch, out_channels, h * 2**(L-1), w * 2**(L-1)).
+
+    With gradient checkpointing on, the middle block and each resolution level are recomputed in the backward
+    pass instead of keeping their activations.
+    """
 
     def __init__(
         self,
@@ -124,35 +189,25 @@ class VQDecoder(nn.Module):
         norm_eps: float,
     ):
         super().__init__()
+        self.gradient_checkpointing = False
         block_in = base_channels * channel_multipliers[-1]
         self.conv_in = nn.Conv2d(latent_channels, block_in, kernel_size=3, padding=1)
-        self.mid = nn.Module()
-        self.mid.block_1 = VQResnetBlock(block_in, block_in, norm_num_groups, norm_eps)
-        self.mid.block_2 = VQResnetBlock(block_in, block_in, norm_num_groups, norm_eps)
+        self.mid = VQMidBlock(block_in, norm_num_groups, norm_eps)
         # Stored lowest level first (index = resolution level), run from the deepest level up,
         # as in the original checkpoint layout.
         stages: list[nn.Module] = []
         for level in reversed(range(len(channel_multipliers))):
-            stage = nn.Module()
-            stage.block = nn.ModuleList()
             block_out = base_channels * channel_multipliers[level]
-            for _ in range(num_res_blocks):
-                stage.block.append(VQResnetBlock(block_in, block_out, norm_num_groups, norm_eps))
-                block_in = block_out
-            if level != 0:
-                stage.upsample = VQUpsample(block_in)
-            stages.insert(0, stage)
+            stages.insert(0, VQDecoderStage(block_in, block_out, num_res_blocks, level != 0, norm_num_groups, norm_eps))
+            block_in = block_out
         self.up = nn.ModuleList(stages)
         self.norm_out = _group_norm(block_in, norm_num_groups, norm_eps)
         self.conv_out = nn.Conv2d(block_in, out_channels, kernel_size=3, padding=1)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        hidden = self.mid.block_2(self.mid.block_1(self.conv_in(latents)))
+        hidden = self._run(self.mid, self.conv_in(latents))
         for stage in reversed(self.up):
-            for block in stage.block:
-                hidden = block(hidden)
-            if hasattr(stage, "upsample"):
-                hidden = stage.upsample(hidden)
+            hidden = self._run(stage, hidden)
         return self.conv_out(F.silu(self.norm_out(hidden)))
 
 
@@ -180,12 +235,17 @@ class VectorQuantizer(nn.Module):
         flat = latents.permute(0, 2, 3, 1).reshape(-1, dim).float()
         codebook = self.embedding.weight.float()
         codebook_norms = codebook.pow(2).sum(dim=1)
+        if torch.compiler.is_compiling():
+            # The chunk count depends on the batch size: one chunk keeps a traced graph valid for any batch.
+            return self._nearest_rows(flat, codebook, codebook_norms).view(batch, height * width)
         rows_per_chunk = max(1, self.max_distance_elements // max(1, codebook.shape[0]))
-        ids = [
-            (chunk.pow(2).sum(dim=1, keepdim=True) + codebook_norms - 2 * (chunk @ codebook.t())).argmin(dim=1)
-            for chunk in flat.split(rows_per_chunk)
-        ]
+        ids = [self._nearest_rows(chunk, codebook, codebook_norms) for chunk in flat.split(rows_per_chunk)]
         return (ids[0] if len(ids) == 1 else torch.cat(ids)).view(batch, height * width)
+
+    @staticmethod
+    def _nearest_rows(rows: torch.Tensor, codebook: torch.Tensor, codebook_norms: torch.Tensor) -> torch.Tensor:
+        """Rows (n, dim), codebook (K, dim), its squared norms (K,) -> the nearest code of each row (n,)."""
+        return (rows.pow(2).sum(dim=1, keepdim=True) + codebook_norms - 2 * (rows @ codebook.t())).argmin(dim=1)
 
     def lookup(self, token_ids: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Code ids (batch, h * w) -> latents (batch, dim, h, w)."""
@@ -213,9 +273,18 @@ def vq_downsample_factor(channel_multipliers) -> int:
     return 2 ** (len(channel_multipliers) - 1)
 
 
+# Slack around [0, 1] for the range check: resampling and float rounding can overshoot by a few 1e-4.
+PIXEL_RANGE_TOLERANCE = 1e-3
+
+
 def check_pixel_values(pixel_values, in_channels: int, downsample_factor: int, check_range: bool = True) -> None:
-    """Raise a ValueError naming `pixel_values` unless it is (batch, in_channels, H, W) in [0, 1] with
-    H and W divisible by the tokenizer's downsampling factor."""
+    """Raise a ValueError naming `pixel_values` unless it is (batch, in_channels, H, W), finite, in [0, 1]
+    (unless `check_range=False`) with H and W divisible by the tokenizer's downsampling factor.
+
+    The value checks (finite, range) cost one min/max reduction and one host sync; they are skipped while
+    `torch.compile` / `torch.export` trace the model, where a Python branch on tensor values cannot be traced.
+    One NaN pixel would otherwise turn every token of the image into id 0 (NaN distances argmin to 0).
+    """
     if not isinstance(pixel_values, torch.Tensor):
         raise TypeError(f"`pixel_values` must be a torch.Tensor, got {type(pixel_values).__name__}")
     if pixel_values.ndim != 4 or pixel_values.shape[1] != in_channels:
@@ -228,14 +297,26 @@ def check_pixel_values(pixel_values, in_channels: int, downsample_factor: int, c
             f"`pixel_values` height and width must be multiples of {downsample_factor} (the tokenizer's "
             f"downsampling factor), got {height}x{width}"
         )
-    if check_range and pixel_values.numel():
-        low, high = pixel_values.aminmax()
-        # MAGE's VQGAN takes pixels in [0, 1], not ImageNet-normalised or [-1, 1] values.
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise ValueError(
-                f"`pixel_values` must be in [0, 1] (no mean/std normalisation), got values in "
-                f"[{float(low):.3f}, {float(high):.3f}]"
-            )
+    if torch.compiler.is_compiling() or not pixel_values.numel():
+        return
+    # min/max propagate NaN and show +-inf, so one reduction checks finiteness and range (`torch.isfinite(x).all()`
+    # would be a second, ~15x slower pass on CPU); `.item()` is the only host sync.
+    low, high = pixel_values.aminmax()
+    finite = torch.isfinite(low) & torch.isfinite(high)
+    bad = ~finite
+    if check_range:
+        bad = bad | (low < -PIXEL_RANGE_TOLERANCE) | (high > 1 + PIXEL_RANGE_TOLERANCE)
+    if not bad.item():
+        return
+    if not finite:
+        raise ValueError(
+            f"`pixel_values` must be finite, got {int((~torch.isfinite(pixel_values)).sum())} NaN or inf value(s)"
+        )
+    # MAGE's VQGAN takes pixels in [0, 1], not ImageNet-normalised or [-1, 1] values.
+    raise ValueError(
+        f"`pixel_values` must be in [0, 1] (no mean/std normalisation), got values in "
+        f"[{float(low):.3f}, {float(high):.3f}]"
+    )
 
 
 class VQTokenizer(nn.Module):
@@ -264,15 +345,13 @@ class VQTokenizer(nn.Module):
             norm_num_groups, norm_eps,
         )
         self.quantize = VectorQuantizer(codebook_size, latent_channels)
-        # Lets the transformer models' weight init leave the tokenizer alone.
-        for module in self.modules():
-            module._is_vq_module = True
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor, check_range: bool = True) -> torch.Tensor:
         """Pixels (batch, C, H, W) -> token ids (batch, (H/f) * (W/f)), row-major.
 
-        Pixels must be in [0, 1] unless `check_range=False` (models fed normalised pixels, see `MageConfig.image_mean`).
+        Pixels must be finite, and in [0, 1] unless `check_range=False` (models fed normalised pixels, see
+        `MageConfig.image_mean`).
         """
         check_pixel_values(pixel_values, self.in_channels, self.downsample_factor, check_range=check_range)
         # Token ids are discrete: an autocast region around the model (bf16 training or inference) must not

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..image_io import pil_to_rgb_uint8
+
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -27,7 +29,9 @@ RESIZE_MODES = ("resize", "pad")
 def to_rgb_image(image) -> Image.Image:
     """A PIL image or a uint8 array (H, W) / (H, W, 1|3|4) -> RGB PIL image (grey replicated to 3 channels)."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        # `convert("RGB")` saturates 16-bit images and drops transparency onto black; `pil_to_rgb_uint8` scales
+        # every mode to 8 bits and composites transparency on white (the processor's documented background).
+        return image if image.mode == "RGB" else Image.fromarray(pil_to_rgb_uint8(image), mode="RGB")
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise TypeError(f"image arrays must be uint8 (values 0-255), got dtype {array.dtype}")
@@ -36,7 +40,7 @@ def to_rgb_image(image) -> Image.Image:
     if array.ndim == 2:
         return Image.fromarray(array, mode="L").convert("RGB")
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        return Image.fromarray(array).convert("RGB")
+        return to_rgb_image(Image.fromarray(array))
     raise ValueError(f"image arrays must have shape (H, W) or (H, W, 1|3|4), got {array.shape}")
 
 
