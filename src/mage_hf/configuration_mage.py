@@ -18,7 +18,9 @@ class MageConfig(PreTrainedConfig):
     Vocabulary (as in the original): ids `[0, codebook_size)` are VQ codes, the next `num_class_tokens` ids
     are class tokens (`codebook_size + class_id`), and the last id is the mask token. Position 0 of every
     sequence holds a class token: the "fake" class `fake_class_label` for unconditional use, or a real
-    class for class-conditional models.
+    class for class-conditional models. `vocab_size` and `mask_token_id` are derived from this layout (setting
+    `vocab_size` to another value is refused); `model.resize_class_tokens(num_classes)` changes the class tokens
+    of a model and its config together.
 
     Args:
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size: the ViT encoder.
@@ -174,6 +176,16 @@ class MageConfig(PreTrainedConfig):
     def vocab_size(self) -> int:
         """Codebook + class tokens + 1 mask token (2025 for the original)."""
         return self.codebook_size + self.num_class_tokens + 1
+
+    @vocab_size.setter
+    def vocab_size(self, value: int) -> None:
+        # Derived from the layout, so it cannot be set on its own (setting the same value is a no-op).
+        if value != self.vocab_size:
+            raise ValueError(
+                f"`vocab_size` is derived (codebook_size {self.codebook_size} + num_class_tokens "
+                f"{self.num_class_tokens} + 1 mask token = {self.vocab_size}), got {value}; change `num_class_tokens` "
+                "instead, or call `model.resize_class_tokens(num_classes)` on a model"
+            )
 
     @property
     def mask_token_id(self) -> int:
