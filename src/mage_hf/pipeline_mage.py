@@ -7,6 +7,8 @@ iterative decoding (`MageScheduler`); the VQGAN decoder (`vqvae`) turns the fina
 
 from __future__ import annotations
 
+import json
+import math
 import numbers
 import os
 from typing import Any, Callable
@@ -18,6 +20,14 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils import logging, replace_example_docstring
 
+from .remote_code import (
+    COMPONENT_ENTRY_MODULE,
+    COMPONENT_MODULES,
+    add_transformer_code,
+    update_json,
+    write_component_module,
+    write_entry_module,
+)
 from .modeling_mage import MageForMaskedImageModeling
 from .modeling_vqvae import MageVQModel
 from .scheduling_mage import MageScheduler
@@ -51,10 +61,68 @@ def _is_int(value) -> bool:
 
 
 def _as_label_list(class_labels):
-    """1-d tensors/arrays -> lists, 0-d ones -> Python scalars; anything else unchanged (checked later)."""
+    """1-d tensors/arrays -> lists, 0-d ones -> Python scalars; a (B, 1) tensor/array or a list of one-element
+    lists -> a flat list (as `DiTPipeline` accepts); anything else unchanged (checked later)."""
     if isinstance(class_labels, (torch.Tensor, np.ndarray)):
-        return class_labels.tolist()
+        class_labels = class_labels.tolist()
+    if isinstance(class_labels, (list, tuple)) and class_labels and all(
+        isinstance(label, (list, tuple)) and len(label) == 1 for label in class_labels
+    ):
+        class_labels = [label[0] for label in class_labels]
     return class_labels
+
+
+def _component_names(folder: str | os.PathLike) -> list[str]:
+    """The component sub-folders named in `model_index.json` (none when it is missing or unreadable)."""
+    try:
+        with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as handle:
+            index = json.load(handle)
+    except (OSError, ValueError):
+        return []
+    return [key for key, value in index.items() if not key.startswith("_") and isinstance(value, list)]
+
+
+def _weight_files(folder: str | os.PathLike) -> list[str]:
+    """The safetensors weights files of one component folder (sharded ones included), sorted."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
+
+
+def _check_safetensors_file(path: str) -> None:
+    """A one-line ValueError naming `path` when it is not a complete safetensors file (truncated, corrupt)."""
+    try:
+        from .weights_check import check_safetensors_file
+    except ImportError:  # the helper module is optional; reading the header catches the same faults
+        _safetensors_keys(path)
+    else:
+        check_safetensors_file(path)
+
+
+def _safetensors_keys(path: str) -> set[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return set(handle.keys())
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"weights file {path} is truncated or corrupt ({error}); download or save it again") from None
+
+
+def _load_transformer_processor(transformer):
+    """The `MageImageProcessor` of the transformer's folder, or one built from its config."""
+    from .image_processing_mage import MageImageProcessor
+
+    folder = getattr(transformer.config, "_name_or_path", None)
+    if folder and os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        return MageImageProcessor.from_pretrained(folder)
+    return MageImageProcessor.from_mage_config(transformer.config)
+
+
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    """A ValueError naming the argument when a floating tensor holds NaN or inf."""
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"`{name}` contains NaN or inf values; expected finite values")
 
 
 class MagePipeline(DiffusionPipeline):
@@ -65,14 +133,25 @@ class MagePipeline(DiffusionPipeline):
         transformer (`MageForMaskedImageModeling`): predicts logits for every token.
         scheduler (`MageScheduler`): decides which tokens to reveal at each step.
 
-    `from_pretrained(path, torch_dtype=torch.bfloat16)` loads the transformer in that dtype but keeps the VQ
-    decoder in float32 (`vqvae_dtype=None` loads it in `torch_dtype` too).
+    `from_pretrained(path, torch_dtype=torch.bfloat16)` is the fast path for the whole call: the transformer runs
+    in bfloat16, guidance and sampling on float32 logits, and the VQ decode under bfloat16 autocast
+    (`enable_fast_vq_decode`, switched on by that load); the VQ weights stay float32, so the tokenizer's encode
+    (inpainting) still gives exact token ids. `pipe.disable_fast_vq_decode()` (or `fast_vq_decode=False` in
+    `from_pretrained`) gives the exact float32 decode back; `vqvae_dtype=None` loads the VQ model in `torch_dtype`
+    too.
 
     Speed (see `benchmarks/bench.py`): bfloat16 is ~3x faster than float32 on CPUs with bf16 units. Either load in
     bfloat16 (least memory), or run float32 weights under autocast, which keeps the residual stream and norms in
     float32 (closest to float32) and casts the weights once per call: `with torch.autocast(pipe.device.type,
-    dtype=torch.bfloat16): images = pipe(...)`. `enable_fast_vq_decode()` speeds up the final VQ decode and
-    `enable_compile()` compiles the transformer; both are opt-in. Token logits are always float32.
+    dtype=torch.bfloat16): images = pipe(...)`. `enable_compile()` compiles the transformer (opt-in). Token logits
+    are always float32.
+
+    Loading: `MagePipeline.from_pretrained` refuses a folder whose weights do not match its configs (missing or
+    unexpected tensors, e.g. a `num_hidden_layers` that is not the checkpoint's) unless
+    `allow_mismatched_weights=True`. `diffusers.DiffusionPipeline.from_pretrained(folder)` also works once this module
+    is imported (it registers the MAGE pipelines with diffusers), and `save_pretrained(dir, include_code=True)`
+    (implied by `push_to_hub=True`) writes a folder that loads with `trust_remote_code=True` where mage-hf is not
+    installed.
     """
 
     model_cpu_offload_seq = "transformer->vqvae"
@@ -86,13 +165,24 @@ class MagePipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        r"""`DiffusionPipeline.from_pretrained`, plus `vqvae_dtype` (default `torch.float32`).
+        r"""`DiffusionPipeline.from_pretrained`, plus:
 
-        A single `torch_dtype`/`dtype` applies to the transformer; the VQ decoder is loaded in `vqvae_dtype`
-        (straight from the file, never round-tripped through a lower precision). Pass `vqvae_dtype=None` to load
-        it in `torch_dtype` as well, or a dict `torch_dtype={"transformer": ..., "vqvae": ...}` to choose freely.
+        - `vqvae_dtype` (default `torch.float32`): a single `torch_dtype`/`dtype` applies to the transformer; the VQ
+          model is loaded in `vqvae_dtype` (straight from the file, never round-tripped through a lower precision).
+          Pass `vqvae_dtype=None` to load it in `torch_dtype` as well, or a dict
+          `torch_dtype={"transformer": ..., "vqvae": ...}` to choose freely.
+        - `fast_vq_decode` (default: on when the transformer is loaded in bfloat16 and the VQ model is not): decode
+          under bfloat16 autocast (`enable_fast_vq_decode`); `False` keeps the exact float32 decode.
+        - `allow_mismatched_weights` (default False): a component whose weights file misses tensors its config
+          needs, or holds tensors it does not use, raises a ValueError naming them unless this is True (then the
+          library's warning is all, and missing tensors keep their random initialisation).
+
+        Weights files of a local folder are checked first: a truncated or corrupt safetensors file raises a
+        ValueError naming it.
         """
         vqvae_dtype = kwargs.pop("vqvae_dtype", torch.float32)
+        fast_vq_decode = kwargs.pop("fast_vq_decode", None)
+        allow_mismatched_weights = kwargs.pop("allow_mismatched_weights", False)
         torch_dtype, dtype = kwargs.pop("torch_dtype", None), kwargs.pop("dtype", None)
         if torch_dtype is not None and dtype is not None:
             raise ValueError("pass only one of `dtype` and `torch_dtype`")
@@ -101,7 +191,123 @@ class MagePipeline(DiffusionPipeline):
             dtype = {"default": dtype, "vqvae": vqvae_dtype}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if os.path.isdir(pretrained_model_name_or_path):
+            for name in _component_names(pretrained_model_name_or_path):
+                for path in _weight_files(os.path.join(pretrained_model_name_or_path, name)):
+                    _check_safetensors_file(path)
+        pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if not allow_mismatched_weights:
+            pipe.check_loaded_weights()
+        if fast_vq_decode is None:
+            fast_vq_decode = pipe.transformer.dtype == torch.bfloat16 and pipe.vqvae.dtype != torch.bfloat16
+        if fast_vq_decode:
+            pipe.enable_fast_vq_decode()
+        pipe.transformer_image_processor()  # read now: the copy written by `save_pretrained` must not need the source
+        return pipe
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
+        """`model_index.json` as read by `from_pretrained` (local folders and Hub downloads alike). A folder saved
+        with `include_code=True` names its own code files there; when the class doing the loading is mage-hf's
+        own, they are replaced by the installed modules, so no code from the folder runs."""
+        config = super()._dict_from_json_file(json_file)
+        if isinstance(config.get("_class_name"), (list, tuple)):
+            config["_class_name"] = config["_class_name"][1]
+            for name, (module, class_name) in COMPONENT_MODULES.items():
+                if list(config.get(name) or []) in ([module, class_name], [COMPONENT_ENTRY_MODULE, class_name]):
+                    config[name] = [f"{__package__}.{module}", class_name]
+        return config
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, include_code: bool | None = None, **kwargs):
+        r"""`DiffusionPipeline.save_pretrained`, plus what the loaders need beyond the components' weights:
+
+        - `transformer/preprocessor_config.json`: the `MageImageProcessor` the pipeline was loaded with (or one
+          matching the transformer config), so `MageImageProcessor.from_pretrained(dir, subfolder="transformer")`
+          and `transformers.pipeline("image-feature-extraction", model=f"{dir}/transformer")` work on the copy;
+        - `transformer/config.json` and `preprocessor_config.json` list every Auto class that fits the folder in
+          `auto_map` (`AutoModel`, `AutoModelForMaskedImageModeling`, `AutoModelForImageClassification`,
+          `AutoImageProcessor`), with the code beside them, for `trust_remote_code=True` where mage-hf is absent;
+        - `include_code=True` (the default when `push_to_hub=True`): the folder is saved for the Hub: the code of the
+          pipeline and of each component is copied in and `model_index.json` names it, so
+          `DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` loads it without mage-hf installed
+          (with mage-hf installed, `MagePipeline.from_pretrained(dir)` still uses the installed code). Without it,
+          `model_index.json` names the installed package (`mage_hf.*`), for `MagePipeline.from_pretrained` and, once
+          mage-hf's pipelines are imported, `DiffusionPipeline.from_pretrained`.
+        """
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        hub_options = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private", "create_pr", "token")
+                       if key in kwargs}
+        include_code = bool(push_to_hub) if include_code is None else bool(include_code)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        self._save_loader_files(save_directory, include_code)
+        if push_to_hub:
+            self._push_folder(save_directory, **hub_options)
+
+    def _save_loader_files(self, save_directory: str | os.PathLike, include_code: bool) -> None:
+        transformer_dir = os.path.join(save_directory, "transformer")
+        processor = self.transformer_image_processor()
+        if processor is not None:
+            processor.save_pretrained(transformer_dir)
+        add_transformer_code(transformer_dir)
+        index_path = os.path.join(save_directory, "model_index.json")
+        class_name = type(self).__name__
+        if include_code:
+            entry = write_entry_module(save_directory, [self._module_name()])
+            entries = {"_class_name": [entry, class_name]}
+            for name, (module, component_class) in COMPONENT_MODULES.items():
+                entry = write_component_module(os.path.join(save_directory, name), module, component_class)
+                entries[name] = [entry, component_class]
+        else:
+            entries = {"_class_name": class_name}
+            entries.update({
+                name: [f"{__package__}.{module}", component_class]
+                for name, (module, component_class) in COMPONENT_MODULES.items()
+            })
+        update_json(index_path, **entries)
+
+    @classmethod
+    def _module_name(cls) -> str:
+        return cls.__module__.rsplit(".", 1)[-1]
+
+    def _push_folder(self, save_directory, repo_id=None, commit_message=None, private=None, create_pr=False,
+                     token=None) -> None:
+        """Upload the complete folder (after the loader files are written), as `save_pretrained(push_to_hub=True)`."""
+        from huggingface_hub import create_repo
+
+        repo_id = repo_id or os.path.basename(os.path.normpath(save_directory))
+        repo_id = create_repo(repo_id, exist_ok=True, private=private, token=token).repo_id
+        self._upload_folder(save_directory, repo_id, token=token, commit_message=commit_message, create_pr=create_pr)
+
+    def transformer_image_processor(self):
+        """The `MageImageProcessor` saved beside the transformer: the one the pipeline was loaded with, else one
+        matching the transformer config (`MageImageProcessor.from_mage_config`)."""
+        processor = getattr(self, "_transformer_image_processor", None)
+        if processor is None:
+            processor = _load_transformer_processor(self.transformer)
+            self._transformer_image_processor = processor
+        return processor
+
+    def check_loaded_weights(self) -> None:
+        """Raise a ValueError when the weights file of the transformer or the VQ model holds other tensors than its
+        module (missing ones stay randomly initialised, unexpected ones are dropped): the config does not describe
+        the checkpoint. Components without a local safetensors file are not checked."""
+        for name in ("transformer", "vqvae"):
+            module = getattr(self, name)
+            folder = getattr(module.config, "_name_or_path", None)
+            files = _weight_files(folder) if folder and os.path.isdir(folder) else []
+            if not files:
+                continue
+            stored = set()
+            for path in files:
+                stored |= _safetensors_keys(path)
+            expected = set(module.state_dict().keys())
+            missing, unexpected = sorted(expected - stored), sorted(stored - expected)
+            if missing or unexpected:
+                raise ValueError(
+                    f"`{name}` weights in {folder} do not match its config.json: {len(missing)} missing "
+                    f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}; fix the config (e.g. "
+                    "`num_hidden_layers`) or pass `allow_mismatched_weights=True` to load anyway"
+                )
 
     # ------------------------------------------------------------------ class labels
     @property
@@ -202,12 +408,16 @@ class MagePipeline(DiffusionPipeline):
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
         if not _is_int(num_inference_steps) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}")
+        if not isinstance(guidance_scale, (int, float)) or not (guidance_scale >= 0 and math.isfinite(guidance_scale)):
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}")
         if guidance_schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
-        if choice_temperature is not None and not (isinstance(choice_temperature, (int, float)) and choice_temperature >= 0):
-            raise ValueError(f"`choice_temperature` must be a number >= 0 or None, got {choice_temperature!r}")
+        if choice_temperature is not None and not (
+            isinstance(choice_temperature, (int, float))
+            and choice_temperature >= 0
+            and math.isfinite(choice_temperature)
+        ):
+            raise ValueError(f"`choice_temperature` must be a finite number >= 0 or None, got {choice_temperature!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if isinstance(generator, (list, tuple)):
@@ -238,24 +448,42 @@ class MagePipeline(DiffusionPipeline):
             logger.warning("the transformer is in training mode (dropout on); call `pipe.transformer.eval()`")
 
     # ------------------------------------------------------------------ decoding
+    def _class_columns(self, class_ids: torch.LongTensor | None, batch_size: int, device) -> dict[str, torch.Tensor]:
+        """Position-0 token ids, built once per call: `"uncond"` (B, 1) the fake class, `"cond"` (B, 1) the class
+        tokens, `"both"` (2B, 1) cond then uncond for one batched guidance call."""
+        config = self.transformer.config
+        uncond = torch.full((batch_size, 1), config.fake_class_label, dtype=torch.long, device=device)
+        columns = {"uncond": uncond}
+        if class_ids is not None:
+            columns["cond"] = (config.codebook_size + class_ids.to(device).long()).view(-1, 1)
+            columns["both"] = torch.cat([columns["cond"], uncond])
+        return columns
+
+    def _model_logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Codebook logits (B', N, K) for ids (B', 1 + N) that the pipeline built itself: the transformer's forward
+        without its input checks (whose min/max reductions cost a device->host sync per step)."""
+        model = self.transformer
+        unchecked = getattr(model, "predict_logits", None)
+        if unchecked is not None:
+            logits = unchecked(input_ids)
+        else:  # transformers without `predict_logits`: the same three stages, written out
+            encoded = model.mage.encode(input_ids)
+            decoded = model.decoder(encoded.last_hidden_state, input_ids == model.config.mask_token_id, None)[0]
+            logits = model.mlm_head(decoded, model.mage.embeddings.word_embeddings.weight)
+        return logits[:, 1:, : model.config.codebook_size]
+
     def _logits(
-        self, token_ids: torch.LongTensor, class_ids: torch.LongTensor | None, guidance_scale: float
+        self, token_ids: torch.LongTensor, columns: dict[str, torch.Tensor], guidance_scale: float
     ) -> torch.Tensor:
-        """Codebook logits (B, N, K) for token ids (B, N); classifier-free guidance when `class_ids` are given:
+        """Codebook logits (B, N, K) for token ids (B, N); classifier-free guidance when class tokens are given:
         uncond + scale * (cond - uncond), in float32."""
-        model, codebook = self.transformer, self.transformer.config.codebook_size
-
-        def run(input_ids):
-            return model(input_ids=input_ids).logits[:, 1:, :codebook]
-
-        unconditional = model.mage.build_input_ids(token_ids)
-        if class_ids is None or guidance_scale == 0.0:
-            return run(unconditional)
-        conditional = model.mage.build_input_ids(token_ids, class_ids)
+        if "cond" not in columns or guidance_scale == 0.0:
+            return self._model_logits(torch.cat([columns["uncond"], token_ids], dim=1))
         if guidance_scale == 1.0:
-            return run(conditional)
+            return self._model_logits(torch.cat([columns["cond"], token_ids], dim=1))
         # Rows are independent, so one batched call gives the same logits as two calls.
-        cond, uncond = run(torch.cat([conditional, unconditional])).float().chunk(2)
+        both = torch.cat([columns["both"], token_ids.repeat(2, 1)], dim=1)
+        cond, uncond = self._model_logits(both).float().chunk(2)
         return uncond + guidance_scale * (cond - uncond)
 
     def _guidance_at(self, step: int, num_inference_steps: int) -> float:
@@ -278,9 +506,10 @@ class MagePipeline(DiffusionPipeline):
         mask_id = self.transformer.config.mask_token_id
         self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         self._num_timesteps = num_inference_steps
+        columns = self._class_columns(class_ids, latents.shape[0], latents.device)
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(self.scheduler.timesteps):
-                logits = self._logits(latents, class_ids, self._guidance_at(i, num_inference_steps))
+                logits = self._logits(latents, columns, self._guidance_at(i, num_inference_steps))
                 # `timesteps[i] == i`: passing the Python int spares a device->host sync (`int(t)`) per step.
                 step = self.scheduler.step(logits, i, latents, generator=generator, choice_temperature=choice_temperature)
                 # After the last step the original decodes the sampled grid, not the re-masked one.
@@ -295,14 +524,31 @@ class MagePipeline(DiffusionPipeline):
             raise ValueError("`callback_on_step_end` returned `latents` that are still masked after the last step")
         return latents
 
-    @staticmethod
-    def _checked_callback_latents(new: Any, old: torch.LongTensor) -> torch.LongTensor:
-        if not isinstance(new, torch.Tensor) or new.shape != old.shape or new.is_floating_point():
+    def _checked_callback_latents(self, new: Any, old: torch.LongTensor) -> torch.LongTensor:
+        """Latents returned by a callback: integer ids of the same shape, codebook ids or `mask_token_id` (one
+        check per replaced tensor, only when the callback returned a new one)."""
+        if new is old:
+            return old
+        if (
+            not isinstance(new, torch.Tensor)
+            or new.shape != old.shape
+            or new.is_floating_point()
+            or new.dtype == torch.bool
+        ):
             raise ValueError(
                 f"`callback_on_step_end` must return `latents` as integer token ids of shape {tuple(old.shape)}"
             )
-        return new.to(old.device, torch.long)
+        new = new.to(old.device, torch.long)
+        config = self.transformer.config
+        valid = ((new >= 0) & (new < config.codebook_size)) | (new == config.mask_token_id)
+        if not bool(valid.all()):
+            raise ValueError(
+                f"`callback_on_step_end` returned `latents` outside the codebook [0, {config.codebook_size - 1}] "
+                f"(or `mask_token_id` {config.mask_token_id})"
+            )
+        return new
 
+    @torch.no_grad()
     def decode_latents(self, token_ids: torch.LongTensor, output_type: str = "pil"):
         """Token ids (B, N) -> images: PIL list, np (B, H, W, 3) or pt (B, 3, H, W) in [0, 1]; `"latent"` returns
         the ids unchanged."""
@@ -407,3 +653,17 @@ class MagePipeline(DiffusionPipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
+
+
+def register_with_diffusers(*pipeline_classes: type) -> None:
+    """Make `diffusers.DiffusionPipeline.from_pretrained(folder)` resolve `model_index.json`'s `_class_name`
+    (e.g. `"MagePipeline"`) to these classes: diffusers looks pipeline classes up as attributes of its own module.
+    Called when the pipeline modules are imported."""
+    import diffusers
+
+    for pipeline_class in pipeline_classes:
+        if getattr(diffusers, pipeline_class.__name__, None) is None:
+            setattr(diffusers, pipeline_class.__name__, pipeline_class)
+
+
+register_with_diffusers(MagePipeline)

@@ -5,7 +5,11 @@ run the iterative decoding over the masked tokens only (`MageScheduler` counts f
 row), decode.
 
 - inpainting: the tokens whose patch (`downsample_factor` x `downsample_factor` pixels) touches the pixel mask;
-- outpainting / uncropping: the tokens outside a box that holds the image (`make_outpaint_inputs`, `outpaint`);
+- outpainting (`outpaint(image, left=, top=, right=, bottom=)`): the canvas grows by whole token patches and the
+  new tokens are generated window by window, each window the model's token grid, overlapping what is already
+  known (MaskGIT's extrapolation); the output is larger than the input;
+- zooming out / uncropping (`outpaint(image, box=...)`, `make_outpaint_inputs`): the image shrunk into a box of a
+  canvas of the model's size, the tokens outside the box generated;
 - variations: a random `strength` fraction of the tokens (of the whole image, or of the masked region).
 
 Tokens that are not masked are kept exactly; `blend_unmasked_pixels=True` also pastes the original pixels back
@@ -24,7 +28,8 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils import logging, replace_example_docstring
 from torch.nn import functional as F
 
-from .pipeline_mage import MagePipeline, _is_int
+from .image_io import pil_to_rgb_array
+from .pipeline_mage import MagePipeline, _check_finite, _is_int, register_with_diffusers
 from .scheduling_mage import _uniform
 
 logger = logging.get_logger(__name__)
@@ -43,7 +48,9 @@ EXAMPLE_DOC_STRING = """
         >>> mask = Image.new("L", (256, 256), 0)
         >>> mask.paste(255, (64, 64, 192, 192))  # white = regenerate
         >>> inpainted = pipe(image, mask, generator=torch.manual_seed(0), blend_unmasked_pixels=True).images[0]
-        >>> # uncropping: the image shrunk into the centre, the border generated
+        >>> # outpainting: a 384x256 image, 64 px generated on each side (window by window)
+        >>> wider = pipe.outpaint(image, left=64, right=64, generator=torch.manual_seed(0)).images[0]
+        >>> # zooming out: the image shrunk into the centre of a 256x256 canvas, the border generated
         >>> zoomed_out = pipe.outpaint(image, box=(64, 64, 192, 192)).images[0]
         >>> # variations: re-sample 40% of the tokens
         >>> variations = pipe(image, strength=0.4, generator=[torch.Generator().manual_seed(s) for s in range(4)]).images
@@ -61,8 +68,10 @@ def _batched(value: ImageInput, name: str) -> tuple[torch.Tensor, bool]:
         sizes = {v.size for v in value}
         if len(sizes) > 1:
             raise ValueError(f"`{name}`: all images must have the same size, got {sorted(sizes)}")
-        mode = "L" if name == "mask_image" else "RGB"
-        value = np.stack([np.asarray(v.convert(mode)) for v in value])
+        if name == "mask_image":
+            value = np.stack([np.asarray(v.convert("L")) for v in value])
+        else:  # every PIL mode scaled by its own range (16-bit, palette, transparency), see `image_io`
+            value = np.stack([pil_to_rgb_array(v) for v in value])
     if isinstance(value, np.ndarray):
         channels_last = True
         tensor = torch.from_numpy(np.array(value))  # a copy: arrays from PIL are read-only
@@ -77,6 +86,7 @@ def _batched(value: ImageInput, name: str) -> tuple[torch.Tensor, bool]:
         tensor = tensor.float() / 255.0
     elif tensor.is_floating_point():
         tensor = tensor.float()
+        _check_finite(tensor, name)
         if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
             raise ValueError(
                 f"`{name}` values must be in [0, 1] (or uint8 in [0, 255]), got "
@@ -106,6 +116,9 @@ def preprocess_image(image: ImageInput) -> torch.Tensor:
 
 def preprocess_mask(mask_image: ImageInput) -> torch.Tensor:
     """`mask_image` -> (B, 1, H, W) float, binarised at 0.5: 1 (white) = regenerate, 0 (black) = keep.
+
+    Threshold: a grey value >= 0.5 regenerates, so uint8 / PIL values 128-255 regenerate and 0-127 keep; float
+    masks must lie in [0, 1] (NaN/inf raise a ValueError).
 
     Accepts a PIL image (converted to "L") or a list of them, numpy (H, W) / (B, H, W) / (B, H, W, 1), or a tensor
     (H, W) / (1, H, W) / (B, H, W) / (B, 1, H, W).
@@ -204,12 +217,15 @@ class MageInpaintPipeline(MagePipeline):
         region = region.to(self._execution_device)
         return region if strength >= 1.0 else random_token_subset(region, strength, generator)
 
+    @staticmethod
+    def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A binary mask (B, 1, h, w) -> (B, 1, *size), nearest neighbour (it stays binary, so the 0.5 threshold
+        keeps its meaning); a mask of another aspect ratio is stretched."""
+        if tuple(mask.shape[-2:]) == tuple(size):
+            return mask
+        return F.interpolate(mask, size=tuple(size), mode="nearest-exact")
+
     def check_image_inputs(self, pixels: torch.Tensor, mask: torch.Tensor | None, strength: float) -> None:
-        if mask is not None and mask.shape[-2:] != pixels.shape[-2:]:
-            raise ValueError(
-                f"`mask_image` is {mask.shape[-1]}x{mask.shape[-2]} (WxH) but `image` is "
-                f"{pixels.shape[-1]}x{pixels.shape[-2]}; they must have the same size"
-            )
         size = self.transformer.config.image_size
         if pixels.shape[-2:] != (size, size):
             raise ValueError(
@@ -243,7 +259,8 @@ class MageInpaintPipeline(MagePipeline):
         Args:
             image: PIL image(s), numpy (H, W, 3)/(B, H, W, 3) or tensor (3, H, W)/(B, 3, H, W); uint8 or floats in
                 [0, 1]; the model's `image_size` square.
-            mask_image: same size as `image`; white/1 = regenerate, black/0 = keep (binarised at 0.5). Every token
+            mask_image: white/1 = regenerate, black/0 = keep, binarised at 0.5 (uint8/PIL grey 128-255 regenerate,
+                0-127 keep). A mask of another size than `image` is resized to it (nearest neighbour). Every token
                 whose patch touches the mask is regenerated. `None`: the whole image (for variations).
             num_inference_steps, generator, class_labels, guidance_scale, guidance_schedule, choice_temperature:
                 as for `MagePipeline`; the scheduler counts steps from the number of tokens masked in each row.
@@ -267,6 +284,8 @@ class MageInpaintPipeline(MagePipeline):
         pixels = preprocess_image(image)
         mask = None if mask_image is None else preprocess_mask(mask_image)
         self.check_image_inputs(pixels, mask, strength)
+        if mask is not None:
+            mask = self.resize_mask(mask, pixels.shape[-2:])
         sizes = {"image": pixels.shape[0]} if mask is None else {"image": pixels.shape[0], "mask_image": mask.shape[0]}
         batch_size = self._batch_size_of(class_labels, generator, **sizes)
         self.check_inputs(
@@ -304,12 +323,168 @@ class MageInpaintPipeline(MagePipeline):
             return (images,)
         return ImagePipelineOutput(images=images)
 
+    @torch.no_grad()
     def outpaint(
-        self, image: ImageInput, box: tuple[int, int, int, int], fill: float = 0.5, **kwargs
+        self,
+        image: ImageInput,
+        left: int = 0,
+        top: int = 0,
+        right: int = 0,
+        bottom: int = 0,
+        box: tuple[int, int, int, int] | None = None,
+        fill: float = 0.5,
+        window_stride: int | None = None,
+        num_inference_steps: int = 12,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        choice_temperature: float | None = None,
+        blend_unmasked_pixels: bool = False,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> ImagePipelineOutput | tuple:
-        """Outpainting/uncropping: place `image` into `box` = (left, top, right, bottom) of the canvas (resized
-        to it when needed) and generate everything outside. See `make_outpaint_inputs`; other arguments as for
-        `__call__`."""
-        canvas, mask = make_outpaint_inputs(image, box, self.transformer.config.image_size, fill)
-        return self(canvas, mask, **kwargs)
+        r"""Outpainting: extend the canvas of `image` by `left`/`top`/`right`/`bottom` pixels and generate the new
+        border; or, with `box`, zoom out inside a canvas of the model's size.
 
+        Extending (`left`, `top`, `right`, `bottom`): each margin is rounded up to whole token patches
+        (`vqvae.downsample_factor` pixels), so the output is (H + top + bottom) x (W + left + right) after
+        rounding, larger than the input. The image is tokenized as it is (its sides must be multiples of the patch
+        size); the new tokens are generated window by window, each window the model's token grid
+        (`image_size / downsample_factor` tokens a side), windows `window_stride` tokens apart (default: half a
+        window; less than a window, so that they overlap), visited from the one centred on the image outwards.
+        Each window keeps every token already known (the image's and those earlier windows generated) and
+        regenerates the others with the usual decoding; windows with nothing left to generate are skipped.
+        The VQ decoder then decodes the whole grid at once. The image's own tokens are kept exactly;
+        `blend_unmasked_pixels=True` pastes its pixels back too. The result depends only on the inputs and
+        `generator` (with a list of generators, image i only on `generator[i]`). The canvas must be at least one
+        window in each direction.
+
+        Zooming out (`box=(left, top, right, bottom)` in canvas pixels): the image is resized into the box of an
+        `image_size` canvas and everything outside is generated; the output has the model's size (see
+        `make_outpaint_inputs`). `fill` is the grey the empty canvas shows the tokenizer there.
+
+        Other arguments as for `__call__`; `callback_on_step_end` is called at every step of every window.
+        """
+        if box is not None:
+            if any((left, top, right, bottom)):
+                raise ValueError("pass either `box` (zoom out) or the margins `left`/`top`/`right`/`bottom`, not both")
+            canvas, mask = make_outpaint_inputs(image, box, self.transformer.config.image_size, fill)
+            return self(
+                canvas, mask, num_inference_steps=num_inference_steps, generator=generator, class_labels=class_labels,
+                guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+                choice_temperature=choice_temperature, blend_unmasked_pixels=blend_unmasked_pixels,
+                output_type=output_type, return_dict=return_dict, callback_on_step_end=callback_on_step_end,
+                callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            )
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        factor, grid = self.vqvae.downsample_factor, self.transformer.config.token_grid_size
+        margins = _token_margins(dict(left=left, top=top, right=right, bottom=bottom), factor)
+        pixels = preprocess_image(image)
+        height, width = pixels.shape[-2:]
+        if height % factor or width % factor:
+            raise ValueError(
+                f"`image` is {width}x{height} (WxH); outpainting needs sides that are multiples of the token patch "
+                f"({factor} px): crop or resize it first"
+            )
+        rows = height // factor + margins["top"] + margins["bottom"]
+        cols = width // factor + margins["left"] + margins["right"]
+        if rows < grid or cols < grid:
+            raise ValueError(
+                f"the outpainted canvas would be {cols}x{rows} tokens (WxH); it must be at least one window, "
+                f"{grid}x{grid} tokens ({grid * factor} px a side): enlarge the image or the margins"
+            )
+        stride = grid // 2 if window_stride is None else window_stride
+        if not _is_int(stride) or not 1 <= stride < grid:
+            raise ValueError(
+                f"`window_stride` must be an integer in [1, {grid - 1}] tokens (windows must overlap), "
+                f"got {window_stride!r}"
+            )
+        batch_size = self._batch_size_of(class_labels, generator, image=pixels.shape[0])
+        self.check_inputs(
+            batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
+            generator, callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale, self._guidance_schedule = float(guidance_scale), guidance_schedule
+        class_ids = self.prepare_class_ids(class_labels, batch_size)
+
+        device, mask_id = self._execution_device, self.transformer.config.mask_token_id
+        pixels = pixels.expand(batch_size, -1, -1, -1)
+        known = self.vqvae.tokenize(pixels.to(device, self.vqvae.dtype)).to(device)
+        tokens = torch.full((batch_size, rows, cols), mask_id, dtype=torch.long, device=device)
+        image_rows = slice(margins["top"], margins["top"] + height // factor)
+        image_cols = slice(margins["left"], margins["left"] + width // factor)
+        tokens[:, image_rows, image_cols] = known.view(batch_size, height // factor, width // factor)
+        for row, col in outpaint_windows(rows, cols, grid, stride, image_rows, image_cols):
+            window = tokens[:, row : row + grid, col : col + grid]
+            if not bool((window == mask_id).any()):
+                continue
+            filled = self.decode_iteratively(
+                window.reshape(batch_size, grid * grid), class_ids, int(num_inference_steps), generator,
+                choice_temperature, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            )
+            tokens[:, row : row + grid, col : col + grid] = filled.view(batch_size, grid, grid)
+
+        token_ids = tokens.view(batch_size, rows * cols)
+        if output_type == "latent":
+            images = token_ids
+        else:
+            images = self.vqvae.decode_tokens(token_ids.to(self.vqvae.device), grid_size=(rows, cols))
+            images = images.float().clamp(0, 1)
+            if blend_unmasked_pixels:
+                top_px, left_px = margins["top"] * factor, margins["left"] * factor
+                images[:, :, top_px : top_px + height, left_px : left_px + width] = pixels.to(images.device)
+            if output_type != "pt":
+                images = self.image_processor.postprocess(images, output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+
+def _token_margins(margins: dict[str, int], factor: int) -> dict[str, int]:
+    """Pixel margins -> token margins, each rounded up to whole `factor`-pixel patches."""
+    for name, value in margins.items():
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"`{name}` must be an integer number of pixels >= 0, got {value!r}")
+    if not any(margins.values()):
+        raise ValueError("outpainting needs at least one of `left`, `top`, `right`, `bottom` > 0 (or a `box`)")
+    return {name: -(-int(value) // factor) for name, value in margins.items()}
+
+
+def _window_starts(length: int, window: int, stride: int, known: slice) -> list[int]:
+    """Window offsets along one axis of `length` tokens: the window centred on the `known` span first, then
+    outwards `stride` apart on each side, the last ones flush with the edges; ordered by distance from the first."""
+    last = length - window
+    centre = min(max((known.start + known.stop - window) // 2, 0), last)
+    starts = [centre]
+    for direction, edge in ((-1, 0), (1, last)):
+        position = centre
+        while position != edge:
+            position = max(position - stride, edge) if direction < 0 else min(position + stride, edge)
+            starts.append(position)
+    return sorted(set(starts), key=lambda start: (abs(start - centre), start))
+
+
+def outpaint_windows(rows: int, cols: int, window: int, stride: int, image_rows: slice, image_cols: slice
+                     ) -> list[tuple[int, int]]:
+    """(row, col) token offsets of the windows that cover a `rows` x `cols` canvas, nearest to the image first
+    (by the larger of the row and column distance, then the smaller), so each window overlaps tokens that are
+    already known."""
+    row_starts = _window_starts(rows, window, stride, image_rows)
+    col_starts = _window_starts(cols, window, stride, image_cols)
+
+    def level(start: int, starts: list[int]) -> int:  # windows (strides) away from the first, centred one
+        return -(-abs(start - starts[0]) // stride)
+
+    windows = [(r, c) for r in row_starts for c in col_starts]
+    return sorted(windows, key=lambda rc: (
+        max(level(rc[0], row_starts), level(rc[1], col_starts)),
+        level(rc[0], row_starts) + level(rc[1], col_starts), rc,
+    ))
+
+
+register_with_diffusers(MageInpaintPipeline)

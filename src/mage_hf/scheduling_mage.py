@@ -65,7 +65,11 @@ def _uniform(shape, generator, device) -> torch.Tensor:
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 1.0, generator=None) -> torch.LongTensor:
     """Draw one id per position from softmax(logits / temperature): (B, N, K) -> (B, N)."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return sample_from_probs(torch.softmax(logits.float() / temperature, dim=-1), generator)
+
+
+def sample_from_probs(probs: torch.Tensor, generator=None) -> torch.LongTensor:
+    """Draw one id per position from probabilities (B, N, K) -> (B, N); per-row generators as `_uniform`."""
     batch, length, classes = probs.shape
     per_row = _split_generators(generator, batch)
     if per_row is not None:
@@ -194,7 +198,12 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         if step == 0 or self._initial_unknown is None or self._initial_unknown.shape != unknown_now.shape:
             self._initial_unknown = unknown_now
 
-        sampled = sample_tokens(model_output, self.config.temperature, generator)
+        probs = torch.softmax(model_output.float(), dim=-1)
+        # At temperature 1 the sampling distribution is `probs` itself (x / 1.0 is exact): one softmax, not two.
+        if self.config.temperature == 1.0:
+            sampled = sample_from_probs(probs, generator)
+        else:
+            sampled = sample_tokens(model_output, self.config.temperature, generator)
         sampled = torch.where(unknown, sampled, sample)
 
         ratio = (step + 1) / self.num_inference_steps
@@ -204,7 +213,6 @@ class MageScheduler(SchedulerMixin, ConfigMixin):
         mask_len = torch.maximum(torch.ones_like(target), torch.minimum(unknown_now - 1, target))
         mask_len = torch.where(unknown_now > 0, mask_len, 0)  # a fully known row stays as it is
 
-        probs = torch.softmax(model_output.float(), dim=-1)
         selected = probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
         noise = gumbel_noise(selected.shape, generator, selected.device)
         confidence = torch.log(selected) + choice_temperature * (1.0 - ratio) * noise
