@@ -94,6 +94,20 @@ def test_mask_binarised_at_half():
     assert mask.tolist() == [[[[0.0, 0.0], [1.0, 1.0]]]]
 
 
+def test_mask_modes_threshold_like_their_grey_values():
+    # A 16-bit mask at 25% grey keeps its pixels (`convert("L")` made every non-zero 16-bit value 255).
+    quarter16 = PIL.Image.fromarray(np.array([[0, 16384], [49152, 65535]], dtype=np.uint16))
+    assert quarter16.mode == "I;16"
+    assert preprocess_mask(quarter16).tolist() == [[[[0.0, 0.0], [1.0, 1.0]]]]
+    # RGB masks threshold on their luma, as before; transparent parts of an RGBA mask keep their pixels.
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[1] = 255
+    assert preprocess_mask(PIL.Image.fromarray(rgb)).tolist() == [[[[0.0, 0.0], [1.0, 1.0]]]]
+    rgba = np.full((2, 2, 4), 255, np.uint8)
+    rgba[0, :, 3] = 0
+    assert preprocess_mask(PIL.Image.fromarray(rgba)).tolist() == [[[[0.0, 0.0], [1.0, 1.0]]]]
+
+
 def test_outpainting(pipe, image):
     canvas, mask = make_outpaint_inputs(image, box=(4, 4, 12, 12), image_size=16)
     assert canvas.shape == (1, 3, 16, 16) and mask.shape == (1, 1, 16, 16)

@@ -58,6 +58,10 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+# ITU-R 601-2 luma, the weights of PIL's `convert("L")`, so RGB masks threshold as they always did.
+MASK_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
 def _batched(value: ImageInput, name: str) -> tuple[torch.Tensor, bool]:
     """PIL image(s) / numpy / tensor -> (float tensor, channels_last?) with a leading batch dimension."""
     if isinstance(value, PIL.Image.Image):
@@ -69,7 +73,9 @@ def _batched(value: ImageInput, name: str) -> tuple[torch.Tensor, bool]:
         if len(sizes) > 1:
             raise ValueError(f"`{name}`: all images must have the same size, got {sorted(sizes)}")
         if name == "mask_image":
-            value = np.stack([np.asarray(v.convert("L")) for v in value])
+            # Luma of every PIL mode scaled by its own range (`convert("L")` saturates 16-bit masks); transparent
+            # parts of a mask count as black (keep), so a mask painted on a transparent layer means what it shows.
+            value = np.stack([pil_to_rgb_array(v, background=(0, 0, 0)) @ MASK_LUMA_WEIGHTS for v in value])
         else:  # every PIL mode scaled by its own range (16-bit, palette, transparency), see `image_io`
             value = np.stack([pil_to_rgb_array(v) for v in value])
     if isinstance(value, np.ndarray):
