@@ -327,9 +327,16 @@ def _read_image(path: str, option: str):
 
 def _read_mask(path: str):
     """A mask file -> float32 grey (H, W) in [0, 1] (ITU-R 601 luma of the RGB pixels, as PIL's "L"); transparent
-    pixels count as white (composited on white: regenerated)."""
-    rgb = _read_image(path, "--mask")
-    return (rgb @ [0.299, 0.587, 0.114]).astype("float32")
+    pixels count as black (composited on black: kept), as in `MageInpaintPipeline`, so a mask painted on a
+    transparent layer regenerates what is painted."""
+    from .image_io import open_image, pil_to_rgb_array
+    from .pipeline_mage_inpaint import MASK_LUMA_WEIGHTS
+
+    try:
+        rgb = pil_to_rgb_array(open_image(path), background=(0, 0, 0))
+    except ValueError as error:
+        raise CLIError(f"--mask: {_one_line(error)}") from error
+    return (rgb @ MASK_LUMA_WEIGHTS).astype("float32")
 
 
 def _resize(array, size: tuple[int, int], resample):
@@ -638,14 +645,14 @@ def build_parser(command: str | None = "convert") -> argparse.ArgumentParser:
     inpaint = commands.add_parser(
         "inpaint", help="regenerate the masked part of an image, outpaint, or make variations",
         description="Regenerate the masked part of --image. Mask: grey values >= 128 of 255 (0.5) are regenerated, "
-                    "darker ones kept; colour masks are read as grey (luma), transparent pixels count as white. "
+                    "darker ones kept; colour masks are read as grey (luma), transparent pixels count as black (kept). "
                     "Every token whose patch touches a regenerated pixel is re-sampled; all other tokens are kept.")
     _add_model_options(inpaint, out_images)
     _add_sampling_options(inpaint, batch_size=16)
     inpaint.add_argument("--image", required=True, help="the image (the model's size, or pass --resize)")
     region = inpaint.add_mutually_exclusive_group()
     region.add_argument("--mask", default=None,
-                        help="mask image: grey >= 128 (of 255) = regenerate, darker = keep; transparent = regenerate; "
+                        help="mask image: grey >= 128 (of 255) = regenerate, darker = keep; transparent = keep; "
                              "resized to the image when its size differs; omit for variations")
     region.add_argument("--outpaint", type=non_negative_int, nargs=4, default=None,
                         metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"),
