@@ -52,9 +52,9 @@ logger = logging.getLogger("bench")
 
 GEN_STEPS = 20
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("MAGE_SHARED_DIR", REPO_ROOT.parent / "shared"))
-FIXTURE_DIR = SHARED_DIR / "fixtures" / "original_tiny"
-EMOJI_FILE = SHARED_DIR / "data" / "emoji_noto_twemoji_32.npz"
+# The original code's tiny random checkpoints and a Fashion-MNIST subset, both shipped with the tests.
+FIXTURE_DIR = REPO_ROOT / "tests" / "fixtures" / "original_tiny"
+SAMPLE_IMAGES_FILE = REPO_ROOT / "tests" / "data" / "fashion_mnist_5k.npz"
 
 # Which variants make sense for which work (pre-training: dropout is on and bf16 weights would need a
 # master copy, so only float32 and autocast; eager only changes attention, whose share is largest when sampling).
@@ -127,6 +127,27 @@ def matmul_rate(dtype: torch.dtype, device: str, size: int = 2048, repeats: int 
     return 2 * size**3 * repeats / best
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def quiet_progress_bars() -> None:
+    """No loading/saving progress bars from transformers and diffusers: the output is the table."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -139,14 +160,37 @@ def default_model_available() -> bool:
     return os.path.isfile(os.path.join(DEFAULT_MODEL_PATH, "model_index.json"))
 
 
-def build_models(name: str, device: str):
-    """(vqvae, transformer) in eval mode: `vitb` (random weights at the real ViT-B/256 shapes), `default` (the
-    shipped default model) or `fixture` (the original-code fixture checkpoint, converted)."""
-    from mage_hf import MageConfig, MageForMaskedImageModeling, MagePipeline, MageVQModel
+# A MAGE small enough to run every code path in seconds (`--quick` smoke runs): 16 px images -> 8x8 tokens,
+# codebook 16, 10 classes + the fake class.
+TINY_CONFIG = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=64,
+    image_size=16, num_class_tokens=11, fake_class_label=16 + 10, max_position_embeddings=65,
+    vqvae_config=dict(base_channels=32, channel_multipliers=[1, 2], num_res_blocks=1, latent_channels=32,
+                      codebook_size=16, sample_size=16),
+)
+
+
+def random_config(name: str):
+    """The `MageConfig` of a random-weight model: `vitb` (the published ViT-B/256 shapes) or `tiny`."""
+    from mage_hf import MageConfig
 
     if name == "vitb":
+        return MageConfig.from_preset("mage_vit_base_patch16")
+    if name == "tiny":
+        return MageConfig(**copy.deepcopy(TINY_CONFIG))
+    raise ValueError(f"`name` must be 'vitb' or 'tiny', got {name!r}")
+
+
+def build_models(name: str, device: str):
+    """(vqvae, transformer) in eval mode: `vitb` (random weights at the real ViT-B/256 shapes), `tiny` (random
+    weights, seconds), `default` (the shipped default model) or `fixture` (the original-code fixture checkpoint,
+    converted)."""
+    from mage_hf import MageForMaskedImageModeling, MagePipeline, MageVQModel
+
+    if name in ("vitb", "tiny"):
         torch.manual_seed(0)
-        config = MageConfig.from_preset("mage_vit_base_patch16")
+        config = random_config(name)
         transformer = MageForMaskedImageModeling(config)
         vqvae = MageVQModel(**config.vqvae_config)
     elif name == "fixture":
@@ -162,6 +206,18 @@ def build_models(name: str, device: str):
         pipe = MagePipeline.from_pretrained(DEFAULT_MODEL_PATH)
         transformer, vqvae = pipe.transformer, pipe.vqvae
     return vqvae.eval().to(device), transformer.eval().to(device)
+
+
+def to_bf16_weights(transformer):
+    """The transformer in bfloat16 with its built-in VQ tokenizer kept in float32, in place: what
+    `from_pretrained(..., dtype=torch.bfloat16)` loads (`_keep_in_fp32_modules_strict`); a bare `.to(bfloat16)`
+    would cast the tokenizer too and change token ids."""
+    tokenizer = getattr(getattr(transformer, "mage", transformer), "vqvae", None)
+    exact = None if tokenizer is None else {k: v.clone() for k, v in tokenizer.state_dict().items()}
+    transformer.to(torch.bfloat16)
+    if tokenizer is not None:  # back to float32 from the saved values, not from their bf16 rounding
+        tokenizer.float().load_state_dict(exact)
+    return transformer
 
 
 def _masked_ids(config, batch: int, device: str, fraction: float = 0.5, seed: int = 0) -> torch.LongTensor:
@@ -204,14 +260,17 @@ def _peak_memory_mb(device: str) -> float:
 
 
 def sample_images(batch: int, size: int, device: str) -> torch.Tensor:
-    """(batch, 3, size, size) in [0, 1]: real emoji (resized) when the shared data is there, else uniform noise."""
-    if EMOJI_FILE.is_file():
+    """(batch, 3, size, size) in [0, 1]: real images (the Fashion-MNIST test images shipped in tests/data, grey
+    repeated to RGB and resized) when the file is there and holds enough of them, else uniform noise."""
+    if SAMPLE_IMAGES_FILE.is_file():
         import numpy as np
 
-        images = torch.from_numpy(np.load(EMOJI_FILE)["x_test"][:batch]).permute(0, 3, 1, 2).float() / 255
-        if images.shape[-1] != size:
-            images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
-        return images.to(device)
+        grey = np.load(SAMPLE_IMAGES_FILE)["x_test"][:batch]
+        if len(grey) == batch:
+            images = torch.from_numpy(grey).float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
+            if images.shape[-1] != size:
+                images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+            return images.clamp(0, 1).contiguous().to(device)
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(2)).to(device)
 
 
@@ -235,7 +294,7 @@ def run_rows(spec: dict) -> list[dict]:
     if variant == "eager":
         transformer.config._attn_implementation = "eager"
     if variant == "bf16-weights":
-        transformer.to(torch.bfloat16)
+        to_bf16_weights(transformer)
     if variant == "compile":  # in place, as `MagePipeline.enable_compile()` does
         (transformer.mage if work == "embed" else transformer).compile()
     rate_dtype = torch.bfloat16 if variant.startswith("bf16") else torch.float32
@@ -399,7 +458,7 @@ def paired_generation(model_name: str, device: str, batches: list[int], threads:
     torch.set_num_threads(threads)
     vqvae, transformer = build_models(model_name, device)
     config = transformer.config
-    bf16_model = copy.deepcopy(transformer).to(torch.bfloat16)
+    bf16_model = to_bf16_weights(copy.deepcopy(transformer))
     grid = config.token_grid_size
     decode_ids = torch.zeros(1, config.num_tokens, dtype=torch.long, device=device)
 
@@ -449,7 +508,7 @@ def fast_path_accuracy(model_name: str, device: str, batch: int, threads: int) -
     first_step = _masked_ids(config, batch, device, fraction=1.0)
     half = _masked_ids(config, batch, device, fraction=0.5, seed=1)
     pixels = sample_images(batch, config.image_size, device)
-    bf16_model = copy.deepcopy(transformer).to(torch.bfloat16)
+    bf16_model = to_bf16_weights(copy.deepcopy(transformer))
 
     def logits_of(model, ids, autocast=False):
         with torch.no_grad(), _autocast(device, autocast):
@@ -650,7 +709,7 @@ def target_summary(rows: list[dict], paired: list[dict], accuracy: list[dict]) -
 # ----------------------------------------------------------------------------- main
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vitb", "default"], choices=["vitb", "default", "fixture"])
+    parser.add_argument("--models", nargs="+", default=["vitb", "default"], choices=["vitb", "default", "fixture", "tiny"])
     parser.add_argument("--accuracy-models", nargs="*", default=None,
                         help="models for the accuracy table (default: --models plus `fixture` when it exists)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -716,7 +775,7 @@ def main() -> None:
     rates = {"fp32": matmul_rate(torch.float32, args.device), "bf16": matmul_rate(torch.bfloat16, args.device)}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = [
-        f"mage-hf benchmark  {datetime.date.today()}  {platform.processor() or platform.machine()}  device={args.device}  "
+        f"mage-hf benchmark  {datetime.date.today()}  {cpu_name()}  device={args.device}  "
         f"threads={args.threads} (of {os.cpu_count()} CPUs, load average {load:.1f} at start)  torch {torch.__version__}"
         + ("  [quick]" if args.quick else ""),
         f"measured matmul rate (2048^2, {args.threads} threads): fp32 {rates['fp32'] / 1e9:.1f} GFLOP/s, "
