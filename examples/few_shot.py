@@ -1,21 +1,35 @@
 #!/usr/bin/env python
-"""n-way k-shot classification on frozen MAGE embeddings (`MageModel.pooler_output`), or on raw pixels as a
-baseline (`--features raw`).
+"""Few-shot classification with MAGE, two protocols.
 
-Many random episodes (the same ones for every classifier): a prototype classifier (cosine similarity to the
-class mean) and multinomial logistic regression; mean accuracy and its 95% interval.
+`--protocol episodes` (default): n-way k-shot episodes on frozen MAGE embeddings (`MageModel.pooler_output`), or on
+raw pixels as a baseline (`--features raw`). Many random episodes drawn from one split (the same ones for every
+classifier): a prototype classifier (cosine similarity to the class mean) and multinomial logistic regression;
+mean accuracy and its 95% interval.
+
+`--protocol draws`: N-way K-shot over all N classes of the data, the protocol of `examples/finetune.py`. For each
+seed and K, K support images per class are drawn from `--support_split` (`few_shot_indices`, the draw
+`finetune.py --max_train_samples_per_class K --seed S` makes) and every route is scored on the same fixed test
+images (the first `--max_samples` of `--split`):
+`raw` (standardised logistic regression on pixels), `frozen` (the same on `pooler_output`) and `finetune` (the
+documented Trainer command, `finetune.py`'s few-shot recipe: linear-probe warm start + fine-tuning). Prints one
+markdown table: mean and 95% interval over the seeds, and the paired gain of fine-tuning over frozen features.
 
     python examples/few_shot.py --model_name_or_path runs/fmnist-mage --data fashion_mnist.npz --split test \
         --n_way 5 --k_shot 1 5 --episodes 600
     python examples/few_shot.py --features raw --data fashion_mnist.npz --split test --k_shot 1 5
+    python examples/few_shot.py --protocol draws --model_name_or_path runs/fmnist-mage --data fashion_mnist.npz \
+        --k_shot 1 5 10 --seeds 0 1 2 3 4 --max_samples 5000 --output_dir runs/few-shot-table
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import shlex
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,24 +40,38 @@ from transformers import HfArgumentParser
 
 from mage_hf.training.data import load_image_data
 from mage_hf.training.features import extract_features, load_mage_encoder
-from mage_hf.training.few_shot import CLASSIFIERS, evaluate_few_shot
+from mage_hf.evaluation import logistic_regression_probe
+from mage_hf.training.few_shot import (
+    CLASSIFIERS,
+    evaluate_few_shot,
+    few_shot_indices,
+    load_image_rows,
+    mean_and_interval,
+    split_labels,
+)
 from mage_hf.training.transforms import ImageTransformConfig, to_rgb_image
 
 logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("episodes", "draws")
+ROUTES = {"raw": "raw pixels, logistic regression", "frozen": "frozen features, logistic regression",
+          "finetune": "Trainer few-shot fine-tuning (LP-FT)"}
 
 
 @dataclass
 class FewShotArguments:
     data: str = field(metadata={"help": "Image folder, .npz (x_<split>, y_<split>), save_to_disk folder or datasets name."})
+    protocol: str = field(default="episodes", metadata={"help": f"One of {PROTOCOLS} (see the module docstring)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "A MAGE pipeline or model folder."})
     features: str = field(default="model", metadata={"help": "'model' (MAGE embeddings) or 'raw' (pixels, baseline)."})
-    split: str = field(default="test", metadata={"help": "Split the episodes are drawn from."})
+    split: str = field(default="test", metadata={"help": "Split the episodes are drawn from (draws: the test split)."})
     image_column: str | None = None
     label_column: str | None = None
     image_size: int | None = field(default=None, metadata={"help": "Default: the model's (raw: the images' own)."})
     resize_mode: str = field(default="resize", metadata={"help": "'resize' or 'pad' (see pretrain.py)."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N images of the split."})
-    n_way: int = 5
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N images of the split (draws: "
+                                                                     "the fixed test images)."})
+    n_way: int = field(default=5, metadata={"help": "episodes: classes per episode (draws: all classes of the data)."})
     k_shot: list[int] = field(default_factory=lambda: [1, 5], metadata={"help": "One or more shot counts."})
     n_query: int = field(default=15, metadata={"help": "Query images per class and episode."})
     episodes: int = 600
@@ -52,11 +80,25 @@ class FewShotArguments:
     batch_size: int = field(default=256, metadata={"help": "Images per feature-extraction batch."})
     seed: int = 0
     output_file: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
+    support_split: str = field(default="train", metadata={"help": "draws: the split the support images come from."})
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4], metadata={"help": "draws: support-draw seeds."})
+    routes: list[str] = field(default_factory=lambda: list(ROUTES), metadata={"help": f"draws: some of {list(ROUTES)}."})
+    inverse_regularization: float = field(default=0.1, metadata={"help": "draws: C of the logistic regressions."})
+    output_dir: str | None = field(default=None, metadata={"help": "draws: keep the fine-tuned classifiers here "
+                                                                    "(<dir>/k<K>-seed<S>); default: a temporary folder."})
+    finetune_args: str = field(default="", metadata={"help": "draws: extra `finetune.py` flags, one string."})
 
     def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"`protocol` must be one of {PROTOCOLS}, got {self.protocol!r}")
+        unknown = [route for route in self.routes if route not in ROUTES]
+        if unknown:
+            raise ValueError(f"`routes` must be some of {list(ROUTES)}, got {unknown}")
+        if self.protocol == "draws" and self.model_name_or_path is None and set(self.routes) - {"raw"}:
+            raise ValueError("`protocol draws` needs `model_name_or_path` for the frozen and finetune routes")
         if self.features not in ("model", "raw"):
             raise ValueError(f"`features` must be 'model' or 'raw', got {self.features!r}")
-        if self.features == "model" and self.model_name_or_path is None:
+        if self.protocol == "episodes" and self.features == "model" and self.model_name_or_path is None:
             raise ValueError("`features model` needs `model_name_or_path` (or use `--features raw`)")
         for name in ("n_way", "n_query", "episodes"):
             if getattr(self, name) < 1:
@@ -65,21 +107,120 @@ class FewShotArguments:
             raise ValueError(f"`k_shot` values must be positive, got {self.k_shot}")
 
 
-def compute_features(args: FewShotArguments, accelerator: Accelerator) -> tuple[np.ndarray, np.ndarray]:
-    data = load_image_data(args.data, args.split, args.image_column, args.label_column, args.max_samples, argument="data")
+def split_features(args: FewShotArguments, accelerator: Accelerator, split: str, features: str,
+                   max_samples: int | None = None, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), labels (N,)) of `split` (its first `max_samples` images, then the rows `indices`):
+    `features` "model" = `pooler_output` of centre views, "raw" = their pixels."""
+    if indices is None:
+        data = load_image_data(args.data, split, args.image_column, args.label_column, max_samples, argument="data")
+    else:
+        data = load_image_rows(args.data, split, indices, args.image_column, args.label_column, max_samples, "data")
     if data.label_column is None:
-        raise ValueError(f"`data` {args.data!r} has no labels for split {args.split!r}")
+        raise ValueError(f"`data` {args.data!r} has no labels for split {split!r}")
     model = None
-    if args.features == "model":
+    if features == "model":
         model = load_mage_encoder(args.model_name_or_path).to(accelerator.device)
         image_size = args.image_size or model.config.image_size
     else:
         image_size = args.image_size or max(to_rgb_image(data.dataset[0][data.image_column]).size)
     config = ImageTransformConfig(image_size=image_size, resize_mode=args.resize_mode, random_crop=False,
                                   horizontal_flip=False, interpolation="bicubic")
-    features, labels = extract_features(model, data, config, accelerator, args.batch_size)
-    logger.info(f"{args.features} features {features.shape} for {len(labels)} images of split {args.split!r}")
-    return features, labels
+    values, labels = extract_features(model, data, config, accelerator, args.batch_size)
+    logger.info(f"{features} features {values.shape} for {len(labels)} images of split {split!r}")
+    return values, labels
+
+
+def run_episodes(args: FewShotArguments, accelerator: Accelerator) -> list[dict] | None:
+    features, labels = split_features(args, accelerator, args.split, args.features, args.max_samples)
+    if not accelerator.is_main_process:
+        return None
+    results = []
+    for k_shot in args.k_shot:
+        scores = evaluate_few_shot(features, labels, args.n_way, k_shot, args.n_query, args.episodes, args.seed,
+                                   tuple(args.classifiers))
+        for name, (mean, interval) in scores.items():
+            results.append({"n_way": args.n_way, "k_shot": k_shot, "classifier": name, "accuracy": mean,
+                            "interval95": interval, "episodes": args.episodes})
+            logger.info(f"{args.n_way}-way {k_shot}-shot {name:>9}: {100 * mean:.2f}% +- {100 * interval:.2f}")
+    return results
+
+
+def load_finetune_main():
+    """`main` of `finetune.py` beside this script (examples are scripts, not a package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune.py")
+    spec = importlib.util.spec_from_file_location("mage_hf_finetune_example", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def finetune_accuracy(args: FewShotArguments, k_shot: int, seed: int, output_dir: str) -> float:
+    """Test accuracy of `finetune.py --max_train_samples_per_class k_shot --seed seed` (its recipe's defaults)."""
+    argv = ["--model_name_or_path", args.model_name_or_path, "--train_data", args.data,
+            "--train_split", args.support_split, "--eval_split", args.split, "--resize_mode", args.resize_mode,
+            "--max_train_samples_per_class", str(k_shot), "--seed", str(seed), "--output_dir", output_dir,
+            "--report_to", "none", "--disable_tqdm", "true"]
+    for name in ("image_column", "label_column", "max_samples"):
+        value = getattr(args, name)
+        if value is not None:
+            argv += [f"--{'max_eval_samples' if name == 'max_samples' else name}", str(value)]
+    metrics = load_finetune_main()(argv + shlex.split(args.finetune_args))
+    return float(metrics["eval_accuracy"])
+
+
+def draws_table(scores: dict[str, dict[int, list[float]]], k_shots: list[int], num_classes: int, num_test: int) -> str:
+    """Markdown: one row per K, mean +- 95% interval (percent) per route, and the paired fine-tuning gain."""
+    routes = [route for route in ROUTES if route in scores]
+    paired = "finetune" in scores and "frozen" in scores
+    header = [f"K ({num_classes}-way, {num_test} test images)"] + [ROUTES[route] for route in routes]
+    header += ["fine-tuning minus frozen (paired)"] if paired else []
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for k_shot in sorted(k_shots):
+        cells = [str(k_shot)]
+        columns = [scores[route][k_shot] for route in routes]
+        if paired:
+            columns.append([a - b for a, b in zip(scores["finetune"][k_shot], scores["frozen"][k_shot])])
+        for values in columns:
+            mean, interval = mean_and_interval(values)
+            cells.append(f"{100 * mean:.1f} ± {100 * interval:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_draws(args: FewShotArguments, accelerator: Accelerator) -> dict | None:
+    labels = split_labels(args.data, args.support_split, args.label_column, argument="data")
+    draws = {(k, seed): few_shot_indices(labels, k, seed) for k in args.k_shot for seed in args.seeds}
+    union = np.unique(np.concatenate(list(draws.values())))
+    row_of = {int(index): row for row, index in enumerate(union)}
+    fitted = {}
+    for route, kind in (("raw", "raw"), ("frozen", "model")):
+        if route in args.routes:
+            train_x, train_y = split_features(args, accelerator, args.support_split, kind, indices=union)
+            test_x, test_y = split_features(args, accelerator, args.split, kind, args.max_samples)
+            fitted[route] = (torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
+                             torch.from_numpy(test_y))
+    scores = {route: {k: [] for k in args.k_shot} for route in ROUTES if route in args.routes}
+    num_test = None
+    with tempfile.TemporaryDirectory() as scratch:
+        for (k_shot, seed), indices in draws.items():
+            rows = torch.tensor([row_of[int(i)] for i in indices])
+            for route, (train_x, train_y, test_x, test_y) in fitted.items():
+                num_test = len(test_y)
+                scores[route][k_shot].append(logistic_regression_probe(
+                    train_x[rows], train_y[rows], test_x, test_y, args.inverse_regularization))
+            if "finetune" in scores:
+                output_dir = os.path.join(args.output_dir or scratch, f"k{k_shot}-seed{seed}")
+                scores["finetune"][k_shot].append(finetune_accuracy(args, k_shot, seed, output_dir))
+            logger.info(f"{k_shot}-shot seed {seed}: " + ", ".join(
+                f"{route} {100 * values[k_shot][-1]:.2f}%" for route, values in scores.items()))
+    if not accelerator.is_main_process:
+        return None
+    num_test = num_test or args.max_samples
+    table = draws_table(scores, args.k_shot, int(labels.max()) + 1, num_test)
+    logger.info("\n" + table)
+    return {"table": table, "scores": {route: {str(k): v for k, v in values.items()} for route, values in scores.items()},
+            "support_indices": {f"k{k}-seed{seed}": indices.tolist() for (k, seed), indices in draws.items()}}
 
 
 def main():
@@ -89,21 +230,13 @@ def main():
     transformers.utils.logging.set_verbosity_warning()
     accelerator = Accelerator()
     torch.manual_seed(args.seed)
-    features, labels = compute_features(args, accelerator)
-    if not accelerator.is_main_process:
-        return
-    results = []
-    for k_shot in args.k_shot:
-        scores = evaluate_few_shot(features, labels, args.n_way, k_shot, args.n_query, args.episodes, args.seed,
-                                   tuple(args.classifiers))
-        for name, (mean, interval) in scores.items():
-            results.append({"n_way": args.n_way, "k_shot": k_shot, "classifier": name, "accuracy": mean,
-                            "interval95": interval, "episodes": args.episodes})
-            logger.info(f"{args.n_way}-way {k_shot}-shot {name:>9}: {100 * mean:.2f}% +- {100 * interval:.2f}")
-    if args.output_file:
+    results = (run_episodes if args.protocol == "episodes" else run_draws)(args, accelerator)
+    if results is not None and args.output_file:
         os.makedirs(os.path.dirname(os.path.abspath(args.output_file)), exist_ok=True)
-        with open(args.output_file, "w", encoding="utf-8") as handle:
+        partial = f"{args.output_file}.partial"
+        with open(partial, "w", encoding="utf-8") as handle:
             json.dump({"arguments": asdict(args), "results": results}, handle, indent=2)
+        os.replace(partial, args.output_file)
     return results
 
 

@@ -2,13 +2,20 @@
 """Fine-tune a pre-trained MAGE as an image classifier (`MageForImageClassification`) with `Trainer`, as the
 original `main_finetune.py`: layer-wise lr decay, drop path, label smoothing, mixup/cutmix, AdamW, warm-up +
 cosine, lr = blr x total batch / 256. Augmentation: RandomResizedCrop(0.2-1, bicubic) + flip (the original's
-RandAugment and random erasing are not reproduced). `--max_train_samples_per_class K` fine-tunes on K
-labelled images per class (few-shot fine-tuning).
+RandAugment and random erasing are not reproduced).
+
+`--max_train_samples_per_class K` fine-tunes on K labelled images per class. With `--recipe auto` (the default)
+K <= 16 switches to the few-shot recipe (`--recipe few_shot`, `mage_hf.training.lp_ft.FEW_SHOT_RECIPE`): a
+linear-probe warm start of the head on the standardised frozen features, then 30 epochs of full fine-tuning at
+lr 1e-4 with flips only (no mixup, cutmix, crops, label smoothing or layer decay). Any flag given explicitly
+overrides the recipe's default.
 
 The output folder is a classifier with its image processor: `pipeline("image-classification", model=DIR)`.
 
     python examples/finetune.py --model_name_or_path runs/fmnist-mage --train_data fashion_mnist.npz \
         --output_dir runs/fmnist-finetune --num_train_epochs 50 --per_device_train_batch_size 128
+    python examples/finetune.py --model_name_or_path runs/fmnist-mage --train_data fashion_mnist.npz \
+        --output_dir runs/fmnist-10shot --max_train_samples_per_class 10 --max_eval_samples 5000
 """
 
 from __future__ import annotations
@@ -18,8 +25,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import datasets
-import numpy as np
 import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
@@ -27,13 +32,17 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from mage_hf import MageForImageClassification, MageImageProcessor
 from mage_hf.training.arguments import ImageDataArguments, check_output_dir, pipeline_subfolder, resolve_resume
 from mage_hf.training.data import EpochCallback, PixelBatchTransform, collate_tensors, load_image_data
+from mage_hf.training.few_shot import load_few_shot_data
 from mage_hf.training.finetuning_trainer import MageFinetuningTrainer
+from mage_hf.training.lp_ft import FEW_SHOT_MAX_SHOTS, FEW_SHOT_RECIPE, warm_start_classifier
 from mage_hf.training.metrics import compute_classification_metrics
 from mage_hf.training.mixup import MixupCutmix
 from mage_hf.training.optim import absolute_learning_rate
-from mage_hf.training.transforms import MageImageTransform
+from mage_hf.training.transforms import RESAMPLING, MageImageTransform
 
 logger = logging.getLogger(__name__)
+
+RECIPES = ("auto", "full", "few_shot")
 
 
 @dataclass
@@ -47,6 +56,22 @@ class FinetuneModelArguments:
     cutmix: float = field(default=1.0, metadata={"help": "CutMix Beta alpha (0 disables)."})
     mixup_prob: float = field(default=1.0, metadata={"help": "Probability of mixing a batch."})
     mixup_switch_prob: float = field(default=0.5, metadata={"help": "Probability of cutmix when both are on."})
+    recipe: str = field(
+        default="auto",
+        metadata={"help": f"'full' (the original ImageNet recipe, the defaults shown), 'few_shot' (LP-FT, see "
+                          f"mage_hf.training.lp_ft) or 'auto': few_shot when --max_train_samples_per_class <= "
+                          f"{FEW_SHOT_MAX_SHOTS}, else full."},
+    )
+    linear_probe_warm_start: bool = field(
+        default=False, metadata={"help": "Fit the head as a logistic regression on frozen features first (few_shot: on)."}
+    )
+    linear_probe_inverse_regularization: float = field(
+        default=0.1, metadata={"help": "C of the warm-start logistic regression (C * sum of losses + |W|^2 / 2)."}
+    )
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"`recipe` must be one of {RECIPES}, got {self.recipe!r}")
 
 
 @dataclass
@@ -72,15 +97,6 @@ class MageFinetuningArguments(TrainingArguments):
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
 
 
-def few_shot_subset(dataset: datasets.Dataset, label_column: str, per_class: int, seed: int) -> datasets.Dataset:
-    """`per_class` random rows of every class (all rows of smaller classes), in index order."""
-    labels = np.asarray(dataset[label_column])
-    rng = np.random.default_rng(seed)
-    keep = [rng.choice(np.flatnonzero(labels == c), size=min(per_class, int((labels == c).sum())), replace=False)
-            for c in np.unique(labels)]
-    return dataset.select(sorted(np.concatenate(keep).tolist()))
-
-
 def load_classifier(model_args: FinetuneModelArguments, class_names: list[str]) -> MageForImageClassification:
     path = model_args.model_name_or_path
     if not os.path.isdir(path):
@@ -98,13 +114,15 @@ def load_classifier(model_args: FinetuneModelArguments, class_names: list[str]) 
 
 
 def load_splits(data_args: FinetuneDataArguments, training_args):
-    train = load_image_data(data_args.train_data, data_args.train_split, data_args.image_column,
-                            data_args.label_column, data_args.max_train_samples)
+    if data_args.max_train_samples_per_class:
+        train = load_few_shot_data(data_args.train_data, data_args.train_split, data_args.max_train_samples_per_class,
+                                   training_args.seed, data_args.image_column, data_args.label_column,
+                                   data_args.max_train_samples)
+    else:
+        train = load_image_data(data_args.train_data, data_args.train_split, data_args.image_column,
+                                data_args.label_column, data_args.max_train_samples)
     if train.label_column is None:
         raise ValueError(f"`train_data` {data_args.train_data!r} has no labels (a label column, y_train or class folders)")
-    if data_args.max_train_samples_per_class:
-        train.dataset = few_shot_subset(train.dataset, train.label_column, data_args.max_train_samples_per_class,
-                                        training_args.seed)
     evaluation = None
     if data_args.eval_split:
         evaluation = load_image_data(data_args.train_data, data_args.eval_split, data_args.image_column,
@@ -112,9 +130,31 @@ def load_splits(data_args: FinetuneDataArguments, training_args):
     return train, evaluation
 
 
-def main():
+def parse_arguments(argv: list[str] | None = None):
+    """The three argument dataclasses, with the few-shot recipe's defaults when `--recipe` selects it (flags given
+    explicitly keep their values)."""
     parser = HfArgumentParser((FinetuneModelArguments, FinetuneDataArguments, MageFinetuningArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    known, _ = parser.parse_known_args(argv)
+    recipe = known.recipe
+    if recipe == "auto":
+        shots = known.max_train_samples_per_class
+        recipe = "few_shot" if shots is not None and shots <= FEW_SHOT_MAX_SHOTS else "full"
+    if recipe == "few_shot":
+        parser.set_defaults(**FEW_SHOT_RECIPE)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args.recipe = recipe
+    return model_args, data_args, training_args
+
+
+def support_pixels(train, transform: MageImageTransform) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images in their evaluation view (no augmentation): (N, 3, S, S) pixels and (N,) labels."""
+    view = train.dataset.with_transform(PixelBatchTransform(transform, train.image_column, train.label_column))
+    rows = view[:]
+    return rows["pixel_values"], rows["labels"]
+
+
+def main(argv: list[str] | None = None):
+    model_args, data_args, training_args = parse_arguments(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)], level=training_args.get_process_log_level())
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
@@ -127,20 +167,25 @@ def main():
     image_size = model.config.image_size
     if data_args.image_size is not None and data_args.image_size != image_size:
         raise ValueError(f"`image_size` {data_args.image_size} differs from the model's image_size {image_size}")
+    eval_image_transform = MageImageTransform(data_args.transform_config(image_size, False, training_args.seed))
+    if model_args.linear_probe_warm_start and resume is None:
+        # Resuming loads the checkpoint's head and norms, so the warm start would be overwritten anyway.
+        warm_start_classifier(model, *support_pixels(train, eval_image_transform),
+                              inverse_regularization=model_args.linear_probe_inverse_regularization,
+                              batch_size=training_args.per_device_eval_batch_size)
     train_config = data_args.transform_config(image_size, train=True, seed=training_args.seed)
     train_transform = PixelBatchTransform(MageImageTransform(train_config), train.image_column, train.label_column)
     train.dataset.set_transform(train_transform)
     if evaluation is not None:
-        evaluation.dataset.set_transform(PixelBatchTransform(
-            MageImageTransform(data_args.transform_config(image_size, False, training_args.seed)),
-            evaluation.image_column, evaluation.label_column))
+        evaluation.dataset.set_transform(PixelBatchTransform(eval_image_transform, evaluation.image_column,
+                                                             evaluation.label_column))
     if training_args.base_learning_rate > 0:
         total_batch = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
         training_args.learning_rate = absolute_learning_rate(training_args.base_learning_rate, total_batch)
     mixup = MixupCutmix(len(train.class_names), model_args.mixup, model_args.cutmix, model_args.mixup_prob,
                         model_args.mixup_switch_prob, model_args.label_smoothing)
-    logger.info(f"fine-tuning on {len(train.dataset)} images, {len(train.class_names)} classes, "
-                f"lr {training_args.learning_rate:.3g}")
+    logger.info(f"{model_args.recipe} recipe: fine-tuning on {len(train.dataset)} images, "
+                f"{len(train.class_names)} classes, lr {training_args.learning_rate:.3g}")
 
     trainer = MageFinetuningTrainer(
         model=model, args=training_args, train_dataset=train.dataset,
@@ -155,7 +200,9 @@ def main():
     trainer.save_model()
     trainer.save_state()
     if trainer.is_world_process_zero():
-        MageImageProcessor.from_mage_config(model.config).save_pretrained(training_args.output_dir)
+        # The pipeline then prepares images with the evaluation transform's filter.
+        MageImageProcessor.from_mage_config(model.config, resample=RESAMPLING[data_args.interpolation]).save_pretrained(
+            training_args.output_dir)
     if evaluation is not None:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)

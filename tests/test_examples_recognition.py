@@ -60,8 +60,10 @@ def test_few_shot_model_and_raw_features(monkeypatch, tmp_path, data_dir, tiny_m
         run_named_example(monkeypatch, "few_shot", data=data_dir / "fashion_mnist_5k.npz")
 
 
-def test_finetune_few_shot_classifier(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
-    metrics = run_named_example(monkeypatch, "finetune", model_name_or_path=tiny_mage_dir,
+def test_finetune_full_recipe_on_a_small_subset(monkeypatch, tmp_path, data_dir, tiny_mage_dir):
+    # `--recipe full` keeps the original recipe (drop path 0.1, mixup/cutmix) even on 4 images per class, which
+    # `--recipe auto` would fine-tune with the few-shot recipe (tests/test_few_shot_finetune.py).
+    metrics = run_named_example(monkeypatch, "finetune", model_name_or_path=tiny_mage_dir, recipe="full",
                           train_data=data_dir / "fashion_mnist_5k.npz", max_train_samples_per_class=4, max_eval_samples=64,
                           output_dir=tmp_path, max_steps=3, per_device_train_batch_size=8, logging_steps=1,
                           save_strategy="no", disable_tqdm="true", use_cpu="true")
