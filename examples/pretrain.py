@@ -7,8 +7,10 @@ Gaussian ratio, half of the tokens dropped from the encoder), and trained with l
 AdamW betas (0.9, 0.95), weight decay 0.05 except norms/biases, lr = blr x total batch / 256, linear warm-up
 then cosine, gradient clipping 3.0. Options: `--pretokenize` (tokenize K augmented views once, cached),
 `--class_conditional` (class token at position 0, dropped to the fake class with `--class_dropout_prob`),
-`--contrastive` (MAGE-C: InfoNCE between two views' pooled features). The run ends with a `MagePipeline`
-folder (`transformer/`, `vqvae/`, `scheduler/`) in `output_dir`.
+`--contrastive` (MAGE-C: InfoNCE between two views' pooled features), `--bf16` (bfloat16 autocast around the
+forward, on CPU too: weights, gradients and AdamW stay float32, the frozen VQ tokenizer and the logits/loss stay
+float32; on a CPU with bf16 matmuls about 2x the steps/s, see `benchmarks/training_precision.py`). The run ends
+with a float32 `MagePipeline` folder (`transformer/`, `vqvae/`, `scheduler/`) in `output_dir`.
 
     python examples/pretrain.py --vqvae runs/vq --train_data fashion_mnist.npz --image_size 32 \
         --model_config '{"hidden_size": 256, "num_hidden_layers": 8, ...}' --output_dir runs/mage \
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 
 import datasets
 import diffusers
+import torch
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
@@ -104,6 +107,18 @@ class MagePretrainingArguments(TrainingArguments):
         default=False, metadata={"help": "Every trainable parameter gets a gradient in MAGE pre-training."}
     )
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "Train under bfloat16 autocast (CPU or GPU) with float32 master weights; the VQ tokenizer "
+                          "and the logits stay float32. Default: float32."},
+    )
+
+    def __post_init__(self):
+        # `TrainingArguments` refuses `bf16` unless a bf16 GPU is present or `use_cpu` is set; on a machine with
+        # no accelerator at all, CPU autocast is the only meaning `--bf16` can have.
+        if self.bf16 and not self.use_cpu and not torch.accelerator.is_available():
+            self.use_cpu = True
+        super().__post_init__()
 
 
 def parse_args():
