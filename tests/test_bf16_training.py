@@ -17,39 +17,13 @@ from safetensors.torch import load_file
 
 from mage_hf import MageForMaskedImageModeling, MagePipeline, MageVQModel
 from mage_hf.training import vq_training
-from mage_hf.training.transforms import ImageTransformConfig, MageImageTransform
-from mage_hf.training.vq_training import flatten_latents, restart_dead_codes
 
 from conftest import REPO_ROOT, run_example, tiny_config_kwargs
+from test_examples_pretrain import model_config_file, vqvae_dir  # noqa: F401  (pytest fixtures, shared)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TINY_VQ_JSON = json.dumps(tiny_config_kwargs()["vqvae_config"])
-
-
-@pytest.fixture(scope="module")
-def vqvae_dir(tmp_path_factory, data_dir) -> Path:
-    """The conftest tiny tokenizer, codebook seeded from Fashion-MNIST latents (so the token loss can fall)."""
-    torch.manual_seed(0)
-    vqvae = MageVQModel(**tiny_config_kwargs()["vqvae_config"])
-    images = np.load(data_dir / "fashion_mnist_5k.npz")["x_train"][:64]
-    transform = MageImageTransform(ImageTransformConfig(image_size=16, random_crop=False))
-    with torch.no_grad():
-        latents = vqvae.encode(torch.stack([transform(image) for image in images])).latents
-        every_code = torch.ones(vqvae.config.codebook_size, dtype=torch.bool)
-        restart_dead_codes(vqvae.quantize.embedding, every_code, flatten_latents(latents), torch.Generator().manual_seed(0))
-    path = tmp_path_factory.mktemp("vqvae")
-    vqvae.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_config_file(tmp_path_factory) -> Path:
-    kwargs = tiny_config_kwargs()
-    kwargs.pop("vqvae_config")  # comes from --vqvae
-    path = tmp_path_factory.mktemp("config") / "tiny.json"
-    path.write_text(json.dumps(kwargs))
-    return path
 
 
 @pytest.fixture

@@ -17,16 +17,9 @@ import PIL.Image
 import pytest
 import torch
 from safetensors import safe_open
-from test_pipeline_mage import make_tiny_pipeline
+from test_cli import model_dir  # noqa: F401  (a pytest fixture: the tiny pipeline folder)
 
 from mage_hf import MageForImageClassification, MageModel, MagePipeline, cli
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny_pipeline")
-    make_tiny_pipeline().save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
