@@ -55,44 +55,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------------------------------------- option types
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number_type(convert, accepts, expected: str):
+    """An argparse `type`: `convert(text)` (int or float) that `accepts(value)`, else one line naming `expected`."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SEED}], got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def unit_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return value
+positive_int = _number_type(int, lambda value: value >= 1, "a positive integer")
+non_negative_int = _number_type(int, lambda value: 0 <= value <= MAX_SEED, f"an integer in [0, {MAX_SEED}]")
+non_negative_float = _number_type(float, lambda value: math.isfinite(value) and value >= 0, "a finite number >= 0")
+unit_fraction = _number_type(float, lambda value: 0.0 <= value <= 1.0, "a number in [0, 1]")
 
 
 # ---------------------------------------------------------------------------------------------- models, devices
@@ -565,28 +546,12 @@ def run_embed(args) -> str:
     return message
 
 
-def _convert_entry_points():
-    """`(add_convert_arguments, convert_from_args)` from `mage_hf.convert_original`, or None where this build
-    lacks them (then `mage-hf convert` reports that conversion is unavailable)."""
-    try:
-        from . import convert_original
-    except ImportError:
-        return None
-    add = getattr(convert_original, "add_convert_arguments", None)
-    run = getattr(convert_original, "convert_from_args", None)
-    return (add, run) if add is not None and run is not None else None
-
-
 def run_convert(args) -> str:
-    entry = _convert_entry_points()
-    if entry is None:
-        raise CLIError(
-            "conversion is not available: mage_hf.convert_original has no add_convert_arguments/convert_from_args"
-        )
     from . import _register_auto_classes
+    from .convert_original import convert_from_args
 
     _register_auto_classes()  # the written folders carry `auto_map` and the code files
-    output = entry[1](args, command=args.command_line)
+    output = convert_from_args(args, command=args.command_line)
     return f"converted {args.checkpoint} to {output}"
 
 
@@ -686,10 +651,10 @@ def build_parser(command: str | None = "convert") -> argparse.ArgumentParser:
     embed.set_defaults(func=run_embed)
 
     convert = commands.add_parser("convert", help="convert an original MAGE checkpoint into a mage-hf folder")
-    if command == "convert":
-        entry = _convert_entry_points()
-        if entry is not None:
-            entry[0](convert)
+    if command == "convert":  # its options come from `convert_original`, which imports torch
+        from .convert_original import add_convert_arguments
+
+        add_convert_arguments(convert)
     convert.set_defaults(func=run_convert)
     return parser
 

@@ -892,15 +892,15 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def predict_logits(self, input_ids: torch.LongTensor,
-                       token_drop_mask: torch.BoolTensor | None = None) -> torch.Tensor:
-        """Logits (B, 1 + N, V) for already valid (B, 1 + N) ids (and bool drop mask): `forward(input_ids=...)
-        .logits` without its input checks (no host sync) and without loss or extra outputs, for the per-step call
-        of iterative decoding, whose caller builds the ids itself."""
-        encoded = self.mage.encode(input_ids, token_drop_mask, output_hidden_states=False, output_attentions=False,
+    def predict_logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """Logits (B, 1 + N, V) for already valid (B, 1 + N) ids: `forward(input_ids=...).logits` without its input
+        checks (no host sync) and without loss or extra outputs, for the per-step call of iterative decoding, whose
+        caller builds the ids itself. Nothing is dropped (a drop mask would cost a host sync to count the kept
+        positions); use `forward` for that."""
+        encoded = self.mage.encode(input_ids, None, output_hidden_states=False, output_attentions=False,
                                    return_dict=True)
         token_mask = input_ids == self.config.mask_token_id
-        decoded, _, _ = self.decoder(encoded.last_hidden_state, token_mask, token_drop_mask)
+        decoded, _, _ = self.decoder(encoded.last_hidden_state, token_mask, None)
         return self.mlm_head(decoded, self.mage.embeddings.word_embeddings.weight)
 
 

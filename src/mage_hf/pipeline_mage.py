@@ -31,6 +31,7 @@ from .remote_code import (
 from .modeling_mage import MageForMaskedImageModeling
 from .modeling_vqvae import MageVQModel
 from .scheduling_mage import MageScheduler
+from .weights_check import check_safetensors_file
 
 logger = logging.get_logger(__name__)
 
@@ -87,16 +88,6 @@ def _weight_files(folder: str | os.PathLike) -> list[str]:
     if not os.path.isdir(folder):
         return []
     return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".safetensors"))
-
-
-def _check_safetensors_file(path: str) -> None:
-    """A one-line ValueError naming `path` when it is not a complete safetensors file (truncated, corrupt)."""
-    try:
-        from .weights_check import check_safetensors_file
-    except ImportError:  # the helper module is optional; reading the header catches the same faults
-        _safetensors_keys(path)
-    else:
-        check_safetensors_file(path)
 
 
 def _safetensors_keys(path: str) -> set[str]:
@@ -194,7 +185,7 @@ class MagePipeline(DiffusionPipeline):
         if os.path.isdir(pretrained_model_name_or_path):
             for name in _component_names(pretrained_model_name_or_path):
                 for path in _weight_files(os.path.join(pretrained_model_name_or_path, name)):
-                    _check_safetensors_file(path)
+                    check_safetensors_file(path)
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if not allow_mismatched_weights:
             pipe.check_loaded_weights()
@@ -463,14 +454,7 @@ class MagePipeline(DiffusionPipeline):
         """Codebook logits (B', N, K) for ids (B', 1 + N) that the pipeline built itself: the transformer's forward
         without its input checks (whose min/max reductions cost a device->host sync per step)."""
         model = self.transformer
-        unchecked = getattr(model, "predict_logits", None)
-        if unchecked is not None:
-            logits = unchecked(input_ids)
-        else:  # transformers without `predict_logits`: the same three stages, written out
-            encoded = model.mage.encode(input_ids)
-            decoded = model.decoder(encoded.last_hidden_state, input_ids == model.config.mask_token_id, None)[0]
-            logits = model.mlm_head(decoded, model.mage.embeddings.word_embeddings.weight)
-        return logits[:, 1:, : model.config.codebook_size]
+        return model.predict_logits(input_ids)[:, 1:, : model.config.codebook_size]
 
     def _logits(
         self, token_ids: torch.LongTensor, columns: dict[str, torch.Tensor], guidance_scale: float
@@ -571,8 +555,11 @@ class MagePipeline(DiffusionPipeline):
     def enable_compile(self, **compile_kwargs) -> None:
         """`torch.compile` the transformer in place (`nn.Module.compile`), so `pipe.transformer` keeps its type,
         config and sub-modules. `compile_kwargs` go to `torch.compile` (e.g. `mode="max-autotune"`,
-        `dynamic=False`). The first call at each new batch size compiles (tens of seconds); later calls reuse it."""
+        `dynamic=False`). The first call at each new batch size compiles (tens of seconds); later calls reuse it.
+        The sampling loop calls `transformer.predict_logits` (the forward without input checks), which
+        `nn.Module.compile` does not reach, so that method is compiled too."""
         self.transformer.compile(**compile_kwargs)
+        self.transformer.predict_logits = torch.compile(self.transformer.predict_logits, **compile_kwargs)
 
     # ------------------------------------------------------------------ properties (as diffusers pipelines)
     @property

@@ -148,7 +148,6 @@ class VQEncoder(_CheckpointedStages):
         norm_eps: float,
     ):
         super().__init__()
-        self.gradient_checkpointing = False
         self.conv_in = nn.Conv2d(in_channels, base_channels, kernel_size=3, padding=1, bias=False)
         self.down = nn.ModuleList()
         block_in = base_channels
@@ -189,7 +188,6 @@ class VQDecoder(_CheckpointedStages):
         norm_eps: float,
     ):
         super().__init__()
-        self.gradient_checkpointing = False
         block_in = base_channels * channel_multipliers[-1]
         self.conv_in = nn.Conv2d(latent_channels, block_in, kernel_size=3, padding=1)
         self.mid = VQMidBlock(block_in, norm_num_groups, norm_eps)
