@@ -25,8 +25,6 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from mage_hf import DEFAULT_MODEL_PATH, MagePipeline
 from mage_hf.training.transforms import ImageTransformConfig, MageImageTransform
@@ -38,6 +36,7 @@ from mage_hf.evaluation import (
     psnr,
     standardize,
 )
+from mage_hf.sample_quality import judge_outputs, judge_samples, train_sample_judge
 
 logger = logging.getLogger("evaluate_default")
 
@@ -46,52 +45,6 @@ def to_pixels(images: np.ndarray, size: int) -> torch.Tensor:
     """(N, 28, 28) uint8 grey -> (N, 3, size, size) in [0, 1], with the training loader's deterministic transform."""
     transform = MageImageTransform(ImageTransformConfig(image_size=size, random_crop=False, horizontal_flip=False))
     return torch.stack([transform(image) for image in images])
-
-
-class FashionCNN(nn.Module):
-    """A small judge network for generated samples: (N, 1, 32, 32) -> logits (N, 10); `features` is 128-d."""
-
-    def __init__(self, num_classes: int = 10, feature_dim: int = 128):
-        super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.fc = nn.Linear(64 * 8 * 8, feature_dim)
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    def features(self, grey: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.fc(self.conv(grey).flatten(1)))
-
-    def forward(self, grey: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(grey))
-
-
-def train_judge(train_grey: torch.Tensor, train_y: torch.Tensor, epochs: int, seed: int) -> FashionCNN:
-    torch.manual_seed(seed)
-    judge = FashionCNN()
-    optimizer = torch.optim.Adam(judge.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        order = torch.randperm(len(train_grey), generator=generator)
-        for start in range(0, len(order), 128):
-            index = order[start : start + 128]
-            loss = F.cross_entropy(judge(train_grey[index]), train_y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        logger.info("judge epoch %d: last batch loss %.3f", epoch, loss.item())
-    return judge.eval()
-
-
-@torch.no_grad()
-def judge_outputs(judge: FashionCNN, grey: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, np.ndarray]:
-    logits, features = [], []
-    for start in range(0, len(grey), batch_size):
-        feats = judge.features(grey[start : start + batch_size])
-        features.append(feats)
-        logits.append(judge.head(feats))
-    return torch.cat(logits), torch.cat(features).double().numpy()
 
 
 @torch.no_grad()
@@ -119,15 +72,17 @@ def masked_token_accuracy(transformer, token_ids: torch.Tensor, mask_ratio: floa
     return correct / total
 
 
-def generate(pipe: MagePipeline, labels: list[int] | None, count: int, guidance: float, steps: int, seed: int,
-             batch_size: int) -> torch.Tensor:
+def generate(pipe: MagePipeline, labels: list[int] | None, count: int, guidance: float | None, steps: int, seed: int,
+             batch_size: int, guidance_schedule: str | None = None) -> torch.Tensor:
+    """`count` samples (count, 3, S, S) in [0, 1], sample i seeded with `seed + i`; `guidance=None` (and
+    `guidance_schedule=None`) is the plain call: the pipeline's saved default guidance."""
     images = []
     for start in range(0, count, batch_size):
         size = min(batch_size, count - start)
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(size)]
         batch_labels = None if labels is None else labels[start : start + size]
         out = pipe(batch_size=size, class_labels=batch_labels, guidance_scale=guidance, num_inference_steps=steps,
-                   generator=generators, output_type="pt")
+                   guidance_schedule=guidance_schedule, generator=generators, output_type="pt")
         images.append(out.images)
     return torch.cat(images)
 
@@ -202,10 +157,10 @@ def main() -> None:
 
     # Class-conditional sample quality, judged by a CNN trained on real training images.
     train_grey = to_pixels(x_train, size)[:, :1]
-    judge = train_judge(train_grey, y_train_t, args.judge_epochs, args.seed)
+    num_classes = len(data["class_names"])
+    judge = train_sample_judge(train_grey, y_train_t, args.judge_epochs, args.seed, num_classes)
     test_logits, test_judge_features = judge_outputs(judge, test_pixels[:, :1])
     results["judge_test_accuracy"] = float((test_logits.argmax(1) == y_test_t).float().mean())
-    num_classes = len(data["class_names"])
     requested = [c for c in range(num_classes) for _ in range(args.samples_per_class)]
     count = len(requested)
     start = time.perf_counter()
@@ -214,14 +169,15 @@ def main() -> None:
     _, uncond_features = judge_outputs(judge, unconditional.mean(1, keepdim=True))
     results["fid_fmnist_cnn_unconditional"] = frechet_distance(uncond_features, test_judge_features)
     results["samples"] = {}
-    for guidance in args.guidance_scales:
-        samples = generate(pipe, requested, count, guidance, args.steps, args.seed + 10**6, 100)
-        logits, features = judge_outputs(judge, samples.mean(1, keepdim=True))
-        results["samples"][str(guidance)] = {
-            "class_accuracy": float((logits.argmax(1) == torch.tensor(requested)).float().mean()),
-            "fid_fmnist_cnn": frechet_distance(features, test_judge_features),
-        }
-        logger.info("guidance %.1f: %s", guidance, results["samples"][str(guidance)])
+    guidance_default, schedule_default = pipe.resolve_guidance(None, None)
+    results["default_guidance"] = {"guidance_scale": guidance_default, "guidance_schedule": schedule_default}
+    # "default": the plain call `pipe(class_labels=...)`, with the guidance saved in the model's model_index.json.
+    for guidance in ["default", *args.guidance_scales]:
+        samples = generate(pipe, requested, count, None if guidance == "default" else guidance, args.steps,
+                           args.seed + 10**6, 100)
+        quality = judge_samples(judge, samples.mean(1, keepdim=True), torch.tensor(requested), test_judge_features)
+        results["samples"][str(guidance)] = {"class_accuracy": quality.class_accuracy, "fid_fmnist_cnn": quality.fid}
+        logger.info("guidance %s: %s", guidance, results["samples"][str(guidance)])
     start = time.perf_counter()
     generate(pipe, None, 4, 1.0, args.steps, args.seed, 1)
     results["generation_seconds_per_image_batch1"] = (time.perf_counter() - start) / 4
@@ -255,10 +211,16 @@ def format_table(results: dict, args) -> str:
         ("judge CNN accuracy on real test images", pct(results["judge_test_accuracy"]), ""),
         ("FID-FMNIST-CNN, unconditional samples", f"{results['fid_fmnist_cnn_unconditional']:.2f}", ""),
     ]
+    default = results["default_guidance"]
     for guidance, numbers in results["samples"].items():
-        rows.append((f"class-conditional, guidance {guidance}: {args.samples_per_class} samples per class recognised as requested",
+        if guidance == "default":
+            guidance = (f"default call (saved guidance {default['guidance_scale']:g}, "
+                        f"{default['guidance_schedule']})")
+        else:
+            guidance = f"guidance {guidance}"
+        rows.append((f"class-conditional, {guidance}: {args.samples_per_class} samples per class recognised as requested",
                      pct(numbers["class_accuracy"]), ""))
-        rows.append((f"class-conditional, guidance {guidance}: FID-FMNIST-CNN", f"{numbers['fid_fmnist_cnn']:.2f}", ""))
+        rows.append((f"class-conditional, {guidance}: FID-FMNIST-CNN", f"{numbers['fid_fmnist_cnn']:.2f}", ""))
     rows += [
         (f"generation, {args.steps} steps, batch 100 (s / image)", f"{results['generation_seconds_per_image_batch100']:.4f}", ""),
         (f"generation, {args.steps} steps, batch 1 (s / image)", f"{results['generation_seconds_per_image_batch1']:.4f}", ""),

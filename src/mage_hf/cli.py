@@ -572,8 +572,9 @@ def _add_sampling_options(parser: argparse.ArgumentParser, batch_size: int) -> N
     parser.add_argument("--steps", type=positive_int, default=12, help="decoding steps (12 in the original script)")
     parser.add_argument("--class-label", nargs="+", default=None, metavar="L",
                         help="class ids or names for class-conditional models (cycled over the images)")
-    parser.add_argument("--guidance-scale", type=non_negative_float, default=1.0,
-                        help="classifier-free guidance weight (>= 0)")
+    parser.add_argument("--guidance-scale", type=non_negative_float, default=None,
+                        help="classifier-free guidance weight (>= 0; default: the model's saved "
+                             "default_guidance_scale, else 1)")
     parser.add_argument("--choice-temperature", type=non_negative_float, default=None,
                         help="Gumbel noise on the confidence (>= 0; default: the scheduler's config)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="image i uses seed + i")

@@ -54,6 +54,17 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+def _check_guidance(scale, schedule, prefix: str = "", allow_none: bool = False) -> None:
+    """`{prefix}guidance_scale` a finite number >= 0 and `{prefix}guidance_schedule` in `GUIDANCE_SCHEDULES`
+    (either may be None when `allow_none`)."""
+    if not (allow_none and scale is None) and (
+        isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (scale >= 0 and math.isfinite(scale))
+    ):
+        raise ValueError(f"`{prefix}guidance_scale` must be a finite number >= 0, got {scale!r}")
+    if not (allow_none and schedule is None) and schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"`{prefix}guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {schedule!r}")
+
+
 def _is_int(value) -> bool:
     """True for Python/numpy integers and 0-d integer tensors (not bools)."""
     if isinstance(value, torch.Tensor):
@@ -148,9 +159,24 @@ class MagePipeline(DiffusionPipeline):
     model_cpu_offload_seq = "transformer->vqvae"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, vqvae: MageVQModel, transformer: MageForMaskedImageModeling, scheduler: MageScheduler):
+    def __init__(
+        self,
+        vqvae: MageVQModel,
+        transformer: MageForMaskedImageModeling,
+        scheduler: MageScheduler,
+        default_guidance_scale: float | None = None,
+        default_guidance_schedule: str | None = None,
+    ):
         super().__init__()
         self.register_modules(vqvae=vqvae, transformer=transformer, scheduler=scheduler)
+        # The guidance a class-conditional call uses when the caller passes none: chosen by measurement for each
+        # trained model and saved with it in `model_index.json` (as diffusers pipelines keep their non-module
+        # settings), so the plain `pipe(class_labels=...)` call gives the quality the model was evaluated at.
+        _check_guidance(default_guidance_scale, default_guidance_schedule, "default_", allow_none=True)
+        self.register_to_config(
+            default_guidance_scale=None if default_guidance_scale is None else float(default_guidance_scale),
+            default_guidance_schedule=default_guidance_schedule,
+        )
         # Pixels are in [0, 1] end to end: no [-1, 1] normalisation.
         self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_normalize=False)
 
@@ -399,10 +425,7 @@ class MagePipeline(DiffusionPipeline):
             raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
         if not _is_int(num_inference_steps) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or not (guidance_scale >= 0 and math.isfinite(guidance_scale)):
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {guidance_scale!r}")
-        if guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
+        _check_guidance(guidance_scale, guidance_schedule)
         if choice_temperature is not None and not (
             isinstance(choice_temperature, (int, float))
             and choice_temperature >= 0
@@ -561,6 +584,27 @@ class MagePipeline(DiffusionPipeline):
         self.transformer.compile(**compile_kwargs)
         self.transformer.predict_logits = torch.compile(self.transformer.predict_logits, **compile_kwargs)
 
+    # ------------------------------------------------------------------ guidance defaults
+    def set_default_guidance(self, guidance_scale: float | None, guidance_schedule: str | None = None) -> None:
+        """Make `guidance_scale` / `guidance_schedule` what calls without those arguments use (None: back to 1 /
+        `"constant"`); saved with the pipeline (`model_index.json`) by `save_pretrained`."""
+        _check_guidance(guidance_scale, guidance_schedule, "default_", allow_none=True)
+        self.register_to_config(
+            default_guidance_scale=None if guidance_scale is None else float(guidance_scale),
+            default_guidance_schedule=guidance_schedule,
+        )
+
+    def resolve_guidance(self, guidance_scale: float | None, guidance_schedule: str | None) -> tuple[float, str]:
+        """The guidance a call uses: the arguments where given, else the pipeline's saved defaults
+        (`default_guidance_scale` / `default_guidance_schedule` in its config), else 1.0 / `"constant"`."""
+        config = self.config
+        if guidance_scale is None:
+            guidance_scale = config.get("default_guidance_scale")
+            guidance_scale = 1.0 if guidance_scale is None else guidance_scale
+        if guidance_schedule is None:
+            guidance_schedule = config.get("default_guidance_schedule") or "constant"
+        return guidance_scale, guidance_schedule
+
     # ------------------------------------------------------------------ properties (as diffusers pipelines)
     @property
     def guidance_scale(self) -> float:
@@ -579,8 +623,8 @@ class MagePipeline(DiffusionPipeline):
         num_inference_steps: int = 12,
         generator: torch.Generator | list[torch.Generator] | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        guidance_schedule: str = "constant",
+        guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
         choice_temperature: float | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -597,9 +641,10 @@ class MagePipeline(DiffusionPipeline):
             class_labels: class ids or names (`id2label`) for class-conditional models, one for all or one per
                 image (a list, 1-d tensor or array). Unconditional models reject them.
             guidance_scale: classifier-free guidance weight, >= 0 (1 = plain conditional sampling, 0 =
-                unconditional). Only used with `class_labels`.
+                unconditional). Only used with `class_labels`. Default: the pipeline's `default_guidance_scale`
+                (saved in `model_index.json` with the model, chosen by measurement for the embedded default), else 1.
             guidance_schedule: `"constant"`, or `"linear"` (the weight ramps from 1 to `guidance_scale` as tokens
-                are revealed).
+                are revealed). Default: the pipeline's `default_guidance_schedule`, else `"constant"`.
             choice_temperature: Gumbel noise scale on the confidence; the scheduler's config by default.
             output_type: `"pil"`, `"np"` ((B, H, W, 3) in [0, 1]), `"pt"` ((B, 3, H, W) in [0, 1]) or `"latent"`
                 (token ids (B, N)).
@@ -617,13 +662,15 @@ class MagePipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if _is_int(batch_size) and batch_size >= 1:
             batch_size = self._batch_size_of(class_labels, generator, batch_size=int(batch_size))
+        explicit_guidance = guidance_scale
+        guidance_scale, guidance_schedule = self.resolve_guidance(guidance_scale, guidance_schedule)
         self.check_inputs(
             batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
             generator, callback_on_step_end_tensor_inputs,
         )
         self._guidance_scale, self._guidance_schedule = float(guidance_scale), guidance_schedule
         class_ids = self.prepare_class_ids(class_labels, batch_size)
-        if class_ids is None and guidance_scale != 1.0:
+        if class_ids is None and explicit_guidance not in (None, 1.0):
             logger.warning("`guidance_scale` is ignored without `class_labels`")
 
         config = self.transformer.config

@@ -250,8 +250,8 @@ class MageInpaintPipeline(MagePipeline):
         num_inference_steps: int = 12,
         generator: torch.Generator | list[torch.Generator] | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        guidance_schedule: str = "constant",
+        guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
         choice_temperature: float | None = None,
         strength: float = 1.0,
         blend_unmasked_pixels: bool = False,
@@ -294,6 +294,7 @@ class MageInpaintPipeline(MagePipeline):
             mask = self.resize_mask(mask, pixels.shape[-2:])
         sizes = {"image": pixels.shape[0]} if mask is None else {"image": pixels.shape[0], "mask_image": mask.shape[0]}
         batch_size = self._batch_size_of(class_labels, generator, **sizes)
+        guidance_scale, guidance_schedule = self.resolve_guidance(guidance_scale, guidance_schedule)
         self.check_inputs(
             batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
             generator, callback_on_step_end_tensor_inputs,
@@ -343,8 +344,8 @@ class MageInpaintPipeline(MagePipeline):
         num_inference_steps: int = 12,
         generator: torch.Generator | list[torch.Generator] | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
-        guidance_scale: float = 1.0,
-        guidance_schedule: str = "constant",
+        guidance_scale: float | None = None,
+        guidance_schedule: str | None = None,
         choice_temperature: float | None = None,
         blend_unmasked_pixels: bool = False,
         output_type: str = "pil",
@@ -410,6 +411,7 @@ class MageInpaintPipeline(MagePipeline):
                 f"got {window_stride!r}"
             )
         batch_size = self._batch_size_of(class_labels, generator, image=pixels.shape[0])
+        guidance_scale, guidance_schedule = self.resolve_guidance(guidance_scale, guidance_schedule)
         self.check_inputs(
             batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
             generator, callback_on_step_end_tensor_inputs,

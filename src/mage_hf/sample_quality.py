@@ -1,0 +1,89 @@
+"""Judging generated samples offline: a small CNN trained on real labelled images says whether each sample shows
+the requested class, and its penultimate features give a Frechet distance to real test images (the FID formula in
+a feature space built here, without downloading an Inception network). Used by `examples/evaluate_default.py` and
+`examples/sampling_curves.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.utils import logging
+
+from .evaluation import frechet_distance
+
+logger = logging.get_logger(__name__)
+
+
+class SampleJudgeCNN(nn.Module):
+    """Two conv blocks and two linear layers: (N, C, S, S) -> logits (N, num_classes); `features` (N, feature_dim).
+    `S` must be a multiple of 4."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 32, feature_dim: int = 128):
+        super().__init__()
+        if image_size % 4:
+            raise ValueError(f"`image_size` must be a multiple of 4, got {image_size}")
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.fc = nn.Linear(64 * (image_size // 4) ** 2, feature_dim)
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc(self.conv(images).flatten(1)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def train_sample_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int, num_classes: int | None = None,
+                       batch_size: int = 128, learning_rate: float = 1e-3) -> SampleJudgeCNN:
+    """Train a `SampleJudgeCNN` on real images (N, C, S, S) in [0, 1] with labels (N,) (Adam, seeded)."""
+    torch.manual_seed(seed)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    judge = SampleJudgeCNN(num_classes, images.shape[1], images.shape[-1])
+    optimizer = torch.optim.Adam(judge.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        order = torch.randperm(len(images), generator=generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            loss = F.cross_entropy(judge(images[index]), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        logger.info(f"judge epoch {epoch}: last batch loss {loss.item():.3f}")
+    return judge.eval()
+
+
+@torch.no_grad()
+def judge_outputs(judge: SampleJudgeCNN, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, np.ndarray]:
+    """Logits (N, num_classes) and float64 features (N, feature_dim) of images (N, C, S, S)."""
+    logits, features = [], []
+    for start in range(0, len(images), batch_size):
+        feats = judge.features(images[start : start + batch_size])
+        features.append(feats)
+        logits.append(judge.head(feats))
+    return torch.cat(logits), torch.cat(features).double().numpy()
+
+
+@dataclass
+class SampleQuality:
+    """`class_accuracy`: fraction of samples the judge labels as requested; `fid`: Frechet distance of the
+    samples' judge features to the reference (real test) features."""
+
+    class_accuracy: float
+    fid: float
+
+
+def judge_samples(judge: SampleJudgeCNN, samples: torch.Tensor, requested: torch.Tensor,
+                  reference_features: np.ndarray) -> SampleQuality:
+    """Quality of samples (N, C, S, S) generated for classes `requested` (N,)."""
+    logits, features = judge_outputs(judge, samples)
+    accuracy = float((logits.argmax(1) == requested).float().mean())
+    return SampleQuality(accuracy, frechet_distance(features, reference_features))
