@@ -7,7 +7,9 @@ Gaussian ratio, half of the tokens dropped from the encoder), and trained with l
 AdamW betas (0.9, 0.95), weight decay 0.05 except norms/biases, lr = blr x total batch / 256, linear warm-up
 then cosine, gradient clipping 3.0. Options: `--pretokenize` (tokenize K augmented views once, cached),
 `--class_conditional` (class token at position 0, dropped to the fake class with `--class_dropout_prob`),
-`--contrastive` (MAGE-C: InfoNCE between two views' pooled features), `--bf16` (bfloat16 autocast around the
+`--contrastive` (MAGE-C: InfoNCE between two views' pooled features), `--streaming` (read the data as a
+`datasets` stream split across processes, for data that does not fit one disk or memory; see
+`mage_hf/training/streaming.py`), `--bf16` (bfloat16 autocast around the
 forward, on CPU too: weights, gradients and AdamW stay float32, the frozen VQ tokenizer and the logits/loss stay
 float32; on a CPU with bf16 matmuls about 2x the steps/s, see `benchmarks/training_precision.py`). The run ends
 with a float32 `MagePipeline` folder (`transformer/`, `vqvae/`, `scheduler/`) in `output_dir`.
@@ -19,6 +21,7 @@ with a float32 `MagePipeline` folder (`transformer/`, `vqvae/`, `scheduler/`) in
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -52,6 +55,12 @@ from mage_hf.training.model_setup import (
 from mage_hf.training.optim import absolute_learning_rate
 from mage_hf.training.pretokenize import data_identity, pretokenize
 from mage_hf.training.pretraining_trainer import MagePretrainingTrainer
+from mage_hf.training.streaming import (
+    StreamingPretrainDataset,
+    StreamingPretrainingTrainer,
+    load_streaming_image_data,
+    read_stream_state,
+)
 from mage_hf.training.transforms import RESAMPLING, MageImageTransform
 
 logger = logging.getLogger(__name__)
@@ -85,6 +94,16 @@ class PretrainDataArguments(ImageDataArguments):
     )
     pretokenize_cache_dir: str | None = field(default=None, metadata={"help": "Default: <output_dir>/pretokenized."})
     pretokenize_batch_size: int = field(default=256, metadata={"help": "Images per tokenizer batch."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read --train_data as a stream (`datasets` name, parquet / webdataset .tar files, image "
+                          "folder, .npz), split across processes, augmented on the fly; needs --max_steps. Resume "
+                          "(--resume_from_checkpoint) gives the uninterrupted run's batches: each data-loader "
+                          "worker re-reads, without decoding, the rows of its current pass up to the checkpoint."},
+    )
+    streaming_shuffle_buffer: int = field(
+        default=10000, metadata={"help": "Rows in each process's shuffle buffer (re-seeded every pass with --seed)."}
+    )
 
 
 @dataclass
@@ -150,8 +169,43 @@ def check_arguments(model_args: ModelArguments, data_args: PretrainDataArguments
     fsdp = bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
     if model_args.contrastive and fsdp:
         raise ValueError("`contrastive` is not supported with FSDP (its head runs outside the sharded forward); use DDP")
+    if data_args.streaming:
+        check_streaming_arguments(data_args, training_args)
     if data_args.pretokenize and model_args.contrastive and data_args.pretokenize_views < 2:
         raise ValueError("`--contrastive` with `--pretokenize` needs `pretokenize_views` >= 2 (two views per step)")
+
+
+def check_streaming_arguments(data_args: PretrainDataArguments, training_args) -> None:
+    if training_args.max_steps <= 0:
+        raise ValueError("`--streaming` needs `--max_steps` > 0 (a stream has no length to count epochs in)")
+    if data_args.pretokenize:
+        raise ValueError("`--pretokenize` cannot be used with `--streaming` (the cache needs the whole data set)")
+    if data_args.streaming_shuffle_buffer < 1:
+        raise ValueError(f"`streaming_shuffle_buffer` must be positive, got {data_args.streaming_shuffle_buffer}")
+    accelerator_config = training_args.accelerator_config
+    if accelerator_config.split_batches or accelerator_config.dispatch_batches:
+        raise ValueError("`accelerator_config` `split_batches` / `dispatch_batches` must be unset with `--streaming` "
+                         "(each process reads its own part of the stream)")
+
+
+def streaming_resume_point(resume: str | None, training_args) -> tuple[int, dict | None]:
+    """(batches each process trained on before checkpoint `resume`, its saved stream positions or None); (0,
+    None) when not resuming or with `--ignore_data_skip`. The stream skips those batches itself, so the Trainer
+    must not skip them again."""
+    if resume is None or training_args.ignore_data_skip:
+        if resume is not None:
+            logger.warning("--ignore_data_skip: the resumed stream starts again from its first pass")
+        return 0, None
+    with open(os.path.join(resume, "trainer_state.json"), encoding="utf-8") as handle:
+        batches = json.load(handle)["global_step"] * training_args.gradient_accumulation_steps
+    training_args.ignore_data_skip = True
+    positions = read_stream_state(resume, training_args.process_index, max(1, training_args.dataloader_num_workers),
+                                  training_args.world_size, training_args.train_batch_size)
+    where = ("the start of the pass it was in" if positions is not None else "the start of the stream (no stream "
+             "position in the checkpoint)")
+    logger.info(f"streaming resume after {batches} batches per process: each data-loader worker re-reads, without "
+                f"decoding, its rows from {where}, then continues with the uninterrupted run's batches")
+    return batches, positions
 
 
 def build_model(model_args: ModelArguments, config, vqvae: MageVQModel) -> MageForMaskedImageModeling:
@@ -186,9 +240,10 @@ def build_train_dataset(model_args, data_args, training_args, config, vqvae, tra
         return train_data.dataset, transform
     cache_dir = data_args.pretokenize_cache_dir or os.path.join(training_args.output_dir, "pretokenized")
     identity = data_identity(data_args.train_data, data_args.train_split, len(train_data.dataset))
-    with training_args.main_process_first(desc="pre-tokenizing"):
-        dataset = pretokenize(train_data, vqvae, image_transform, data_args.pretokenize_views, cache_dir, identity,
-                              data_args.pretokenize_batch_size, training_args.device)
+    # Every process tokenizes its own shard on its own device; process 0 combines them into the one cache.
+    dataset = pretokenize(train_data, vqvae, image_transform, data_args.pretokenize_views, cache_dir, identity,
+                          data_args.pretokenize_batch_size, training_args.device,
+                          process_index=training_args.process_index, num_processes=training_args.world_size)
     vqvae.to("cpu")
     total_epochs = math.ceil(training_args.num_train_epochs) if training_args.max_steps <= 0 else None
     if total_epochs is not None and total_epochs * num_views > data_args.pretokenize_views:
@@ -196,6 +251,25 @@ def build_train_dataset(model_args, data_args, training_args, config, vqvae, tra
                        "pre-tokenized views: views will repeat")
     transform = TokenBatchTransform(label_column, num_views, "class_labels")
     dataset.set_transform(transform)
+    return dataset, transform
+
+
+def build_streaming_dataset(model_args, data_args, training_args, config, train_data, resume_point):
+    """The training stream of this process (`StreamingPretrainDataset`) and its transform."""
+    num_views = 2 if model_args.contrastive else 1
+    label_column = train_data.label_column if model_args.class_conditional else None
+    image_transform = MageImageTransform(data_args.transform_config(config.image_size, train=True, seed=training_args.seed))
+    transform = PixelBatchTransform(image_transform, train_data.image_column, label_column, num_views, "class_labels")
+    dataset = StreamingPretrainDataset(
+        train_data, transform, training_args.process_index, training_args.world_size, training_args.seed,
+        data_args.streaming_shuffle_buffer, training_args.train_batch_size, *resume_point,
+    )
+    if training_args.dataloader_num_workers > train_data.dataset.num_shards:
+        raise ValueError(f"`dataloader_num_workers` must be <= {train_data.dataset.num_shards} (the stream's shards, "
+                         f"split between the workers), got {training_args.dataloader_num_workers}")
+    if train_data.dataset.num_shards % training_args.world_size != 0:
+        logger.warning(f"{train_data.dataset.num_shards} shards do not divide over {training_args.world_size} "
+                       "processes: every process reads every shard and keeps one row in world_size")
     return dataset, transform
 
 
@@ -229,23 +303,35 @@ def main():
     if data_args.image_size is not None:
         check_image_size(data_args.image_size, vqvae)
     config = build_pretraining_config(model_args.model_config, model_args.model_name_or_path, vqvae, data_args.image_size)
-    train_data = load_image_data(data_args.train_data, data_args.train_split, data_args.image_column,
-                                 data_args.label_column, data_args.max_train_samples)
+    load_data = load_streaming_image_data if data_args.streaming else load_image_data
+    train_data = load_data(data_args.train_data, data_args.train_split, data_args.image_column,
+                           data_args.label_column, data_args.max_train_samples)
+    if data_args.streaming and model_args.class_conditional and train_data.label_column is None:
+        raise ValueError(f"`--class_conditional` needs labels: `train_data` {data_args.train_data!r} has no label "
+                         "column")
     if model_args.class_conditional:
         set_class_conditioning(config, train_data.class_names, model_args.class_dropout_prob)
     model = build_model(model_args, config, vqvae)
-    train_dataset, transform = build_train_dataset(model_args, data_args, training_args, config, vqvae, train_data)
+    if data_args.streaming:
+        resume_point = streaming_resume_point(resume, training_args)
+        train_dataset, transform = build_streaming_dataset(model_args, data_args, training_args, config, train_data,
+                                                           resume_point)
+    else:
+        train_dataset, transform = build_train_dataset(model_args, data_args, training_args, config, vqvae, train_data)
 
     if training_args.base_learning_rate > 0:
         total_batch = training_args.train_batch_size * training_args.gradient_accumulation_steps * training_args.world_size
         training_args.learning_rate = absolute_learning_rate(training_args.base_learning_rate, total_batch)
-    logger.info(f"lr {training_args.learning_rate:.3g}; {len(train_dataset)} images; "
+    images = "streamed images" if data_args.streaming else f"{len(train_dataset)} images"
+    logger.info(f"lr {training_args.learning_rate:.3g}; {images}; "
                 f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} trainable parameters; "
                 f"{config.num_tokens} tokens per image, codebook {config.codebook_size}")
 
-    trainer = MagePretrainingTrainer(
+    # A stream counts its passes itself (`StreamingPretrainDataset`); the map-style data learns them from the Trainer.
+    trainer_class = StreamingPretrainingTrainer if data_args.streaming else MagePretrainingTrainer
+    trainer = trainer_class(
         model=model, args=training_args, train_dataset=train_dataset, data_collator=collate_tensors,
-        callbacks=[EpochCallback(transform)],
+        callbacks=[] if data_args.streaming else [EpochCallback(transform)],
     )
     result = trainer.train(resume_from_checkpoint=resume)
     trainer.log_metrics("train", result.metrics)
