@@ -5,7 +5,8 @@ As the original: images are RandomResizedCrop(scale 0.2-1) + flipped, tokenized 
 (copied from `--vqvae` into the transformer), masked inside `MageForMaskedImageModeling.forward` (truncated
 Gaussian ratio, half of the tokens dropped from the encoder), and trained with label-smoothed cross-entropy;
 AdamW betas (0.9, 0.95), weight decay 0.05 except norms/biases, lr = blr x total batch / 256, linear warm-up
-then cosine, gradient clipping 3.0. Options: `--pretokenize` (tokenize K augmented views once, cached),
+then cosine, gradient clipping 3.0. Options: `--pretokenize` (tokenize K augmented views once, cached; each
+process tokenizes its own shards, see `mage_hf/training/pretokenize.py`),
 `--class_conditional` (class token at position 0, dropped to the fake class with `--class_dropout_prob`),
 `--contrastive` (MAGE-C: InfoNCE between two views' pooled features), `--streaming` (read the data as a
 `datasets` stream split across processes, for data that does not fit one disk or memory; see
@@ -94,6 +95,11 @@ class PretrainDataArguments(ImageDataArguments):
     )
     pretokenize_cache_dir: str | None = field(default=None, metadata={"help": "Default: <output_dir>/pretokenized."})
     pretokenize_batch_size: int = field(default=256, metadata={"help": "Images per tokenizer batch."})
+    pretokenize_shard_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows per pre-tokenization shard, a multiple of --pretokenize_batch_size (default: 8 "
+                          "batches). Processes split the shards; a killed run redoes only unfinished shards."},
+    )
     streaming: bool = field(
         default=False,
         metadata={"help": "Read --train_data as a stream (`datasets` name, parquet / webdataset .tar files, image "
@@ -243,7 +249,8 @@ def build_train_dataset(model_args, data_args, training_args, config, vqvae, tra
     # Every process tokenizes its own shard on its own device; process 0 combines them into the one cache.
     dataset = pretokenize(train_data, vqvae, image_transform, data_args.pretokenize_views, cache_dir, identity,
                           data_args.pretokenize_batch_size, training_args.device,
-                          process_index=training_args.process_index, num_processes=training_args.world_size)
+                          process_index=training_args.process_index, num_processes=training_args.world_size,
+                          shard_size=data_args.pretokenize_shard_size)
     vqvae.to("cpu")
     total_epochs = math.ceil(training_args.num_train_epochs) if training_args.max_steps <= 0 else None
     if total_epochs is not None and total_epochs * num_views > data_args.pretokenize_views:

@@ -154,6 +154,8 @@ def _folder_with_other_codebook(tmp_path) -> Path:
         (lambda tmp: {"model_config": None, "model_name_or_path": _folder_with_other_codebook(tmp)}, "codebook_size"),
         (lambda tmp: {"model_config": '{"hidden_sise": 8}'}, "unknown keys"),
         (lambda tmp: {"model_config": "mage_vit_huge"}, "preset"),
+        (lambda tmp: {"pretokenize": True, "pretokenize_batch_size": 4, "pretokenize_shard_size": 6},
+         "`shard_size` must be a positive multiple of `batch_size` \\(4\\), got 6"),
         (lambda tmp: {"class_conditional": True, "model_config": json.dumps(
             {**{k: v for k, v in tiny_config_kwargs().items() if k != "vqvae_config"}, "num_class_tokens": 5,
              "fake_class_label": 20})}, "num_class_tokens"),
