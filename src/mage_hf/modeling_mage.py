@@ -91,6 +91,14 @@ class MageTokenEmbeddings(nn.Module):
         embeddings = self.word_embeddings(input_ids) + self.position_embeddings(positions)
         return self.dropout(self.layer_norm(embeddings))
 
+    def word_embedding_matrix(self) -> torch.Tensor:
+        """The (V, D) token-embedding matrix the MLM head's logits are taken against, without gradient (as the
+        original's detached matrix). Read through `word_embeddings`' forward, not its `.weight`: a wrapper that
+        shards the module (FSDP2's `fully_shard`, as Accelerate applies it) gathers the whole matrix only there."""
+        ids = torch.arange(self.word_embeddings.num_embeddings, device=self.word_embeddings.weight.device)
+        with torch.no_grad():
+            return self.word_embeddings(ids)
+
 
 # --------------------------------------------------------------------------- attention functions
 
@@ -315,6 +323,19 @@ class MagePreTrainedModel(PreTrainedModel):
             init.normal_(module.position_embeddings, std=std)
         elif isinstance(module, MageMLMHead):
             init.zeros_(module.bias)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        wrapper = type(self)
+        if not wrapper.__module__.startswith("torch."):
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        # A subclass made at run time inside torch (FSDP2's `fully_shard` turns the model into `FSDP<Class>`):
+        # transformers would copy torch's module as the folder's code and name the wrapper in `auto_map`, so the
+        # folder is written as the MAGE class it wraps.
+        self.__class__ = next(cls for cls in wrapper.__mro__[1:] if issubclass(cls, MagePreTrainedModel))
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = wrapper
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -880,7 +901,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
         decoded, decoder_hidden, decoder_attentions = self.decoder(
             encoded.last_hidden_state, token_mask, token_drop_mask, output_hidden_states, output_attentions
         )
-        logits = self.mlm_head(decoded, self.mage.embeddings.word_embeddings.weight)
+        logits = self.mlm_head(decoded, self.mage.embeddings.word_embedding_matrix())
         loss = None
         if labels is not None:
             loss = masked_token_loss(logits, labels, token_mask, self.config.codebook_size, self.config.label_smoothing)
@@ -901,7 +922,7 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
                                    return_dict=True)
         token_mask = input_ids == self.config.mask_token_id
         decoded, _, _ = self.decoder(encoded.last_hidden_state, token_mask, None)
-        return self.mlm_head(decoded, self.mage.embeddings.word_embeddings.weight)
+        return self.mlm_head(decoded, self.mage.embeddings.word_embedding_matrix())
 
 
 # --------------------------------------------------------------------------- classification head
