@@ -217,7 +217,7 @@ def _launch_two_processes(data_dir, vqvae_dir, model_config_file, output, seen, 
     return [json.loads((seen / f"rank{rank}.json").read_text()) for rank in range(2)]
 
 
-@pytest.mark.slow
+# Two 2-process launches (~55 s on 2 cores): kept in the default run, the only multi-process proof of streaming.
 def test_two_process_streaming_run_reads_disjoint_samples_and_resumes(tmp_path, data_dir, vqvae_dir,
                                                                       model_config_file):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
