@@ -5,7 +5,7 @@
         [--model DIR] [--train-log runs/default_mage/trainer_state.json] [--vq-log runs/default_vq/train_log.jsonl]
 
 Writes (PNG, nearest-neighbour enlarged so the 32 px images stay crisp):
-- `samples_per_class.png`: one row per class, class-conditional samples with guidance;
+- `samples_per_class.png`: one row per class, class-conditional samples at the default call (the saved guidance);
 - `samples_unconditional.png`: unconditional samples (fake class token);
 - `reconstructions.png`: test images (odd rows) and their VQ tokenizer reconstructions (even rows);
 - `inpainting.png`: per column: image, region to regenerate (red), result; and outpainting from the centre;
@@ -110,7 +110,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="folder for the PNG files (existing files are replaced)")
     parser.add_argument("--train-log", help="trainer_state.json of the MAGE run")
     parser.add_argument("--vq-log", help="train_log.jsonl of the tokenizer run")
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="default: the guidance saved with the model (model_index.json), else 1")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -26,6 +26,10 @@ python examples/pretrain.py --vqvae "$WORK/default_vq" --train_data "$WORK/fashi
   --base_learning_rate 2e-3 --warmup_steps 0.05 --lr_scheduler_type cosine \
   --logging_steps 50 --save_steps 250 --save_total_limit 3 --seed 0 --report_to none
 
+# The guidance the plain class-conditional call uses, chosen from measured curves and saved in model_index.json.
+python examples/sampling_curves.py --model "$WORK/default_mage" --data "$WORK/fashion_mnist.npz" \
+  --out "$WORK/sampling_curves.json" --write-default
+
 python examples/evaluate_default.py --model "$WORK/default_mage" --data "$WORK/fashion_mnist.npz" \
   --out "$WORK/default_eval.json"
 

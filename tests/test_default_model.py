@@ -77,7 +77,19 @@ def test_class_conditional_samples_look_like_their_class(fashion_mnist, single_t
     pipe = MagePipeline.from_pretrained(mage_hf.DEFAULT_MODEL_PATH)
     pipe.set_progress_bar_config(disable=True)
     requested = [c for c in range(10) for _ in range(8)]
-    images = pipe(class_labels=requested, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
-                  output_type="pt").images
+    # The plain call, as the README shows it: the guidance measured for this model comes from its model_index.json.
+    images = pipe(class_labels=requested, generator=torch.Generator().manual_seed(0), output_type="pt").images
     predicted = torch.cdist(images.mean(1).flatten(1), centroids).argmin(1)
     assert (predicted == torch.tensor(requested)).float().mean() > 0.4
+
+
+def test_plain_call_uses_the_guidance_measured_for_the_model(single_thread):
+    pipe = MagePipeline.from_pretrained(mage_hf.DEFAULT_MODEL_PATH)
+    pipe.set_progress_bar_config(disable=True)
+    scale, schedule = pipe.resolve_guidance(None, None)
+    assert scale > 1.0 and schedule in ("constant", "linear")  # chosen by examples/sampling_curves.py
+    call = dict(class_labels=[0, 7], num_inference_steps=4, output_type="latent")
+    plain = pipe(generator=torch.Generator().manual_seed(0), **call).images
+    explicit = pipe(generator=torch.Generator().manual_seed(0), guidance_scale=scale, guidance_schedule=schedule,
+                    **call).images
+    assert torch.equal(plain, explicit)
