@@ -133,6 +133,18 @@ def test_push_to_hub_implies_include_code(tmp_path, default_pipe, monkeypatch):
     assert (tmp_path / "pushed" / "transformer" / "mage_component.py").is_file()
 
 
+def test_save_with_a_variant_names_every_component_file(tmp_path):
+    """diffusers passes `variant` to a component only when its `save_pretrained` signature names it."""
+    pipe = make_tiny_pipeline()
+    pipe.save_pretrained(tmp_path, variant="fp16")
+    for component in ("transformer", "vqvae"):
+        weights = [name for name in os.listdir(tmp_path / component) if name.endswith((".safetensors", ".bin"))]
+        assert weights and all(name.split(".")[1] == "fp16" for name in weights), (component, weights)
+    loaded = MagePipeline.from_pretrained(tmp_path, variant="fp16")
+    assert torch.equal(loaded.transformer.mage.embeddings.word_embeddings.weight,
+                       pipe.transformer.mage.embeddings.word_embeddings.weight)
+
+
 # ----------------------------------------------------------------------------- item 10: the processor survives saves
 def test_save_keeps_the_transformer_processor(tmp_path, default_pipe):
     shipped = MageImageProcessor.from_pretrained(mage_hf.DEFAULT_MODEL_PATH, subfolder="transformer")

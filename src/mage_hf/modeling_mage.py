@@ -324,7 +324,10 @@ class MagePreTrainedModel(PreTrainedModel):
         elif isinstance(module, MageMLMHead):
             init.zeros_(module.bias)
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, variant: str | None = None, **kwargs):
+        # `variant` is named in the signature: diffusers' `DiffusionPipeline.save_pretrained` passes it to a
+        # component only when the component's `save_pretrained` signature lists it.
+        kwargs["variant"] = variant
         wrapper = type(self)
         if not wrapper.__module__.startswith("torch."):
             return super().save_pretrained(save_directory, *args, **kwargs)
