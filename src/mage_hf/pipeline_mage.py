@@ -605,6 +605,20 @@ class MagePipeline(DiffusionPipeline):
             guidance_schedule = config.get("default_guidance_schedule") or "constant"
         return guidance_scale, guidance_schedule
 
+    def _start_call(
+        self, batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
+        generator, callback_on_step_end_tensor_inputs, class_labels,
+    ) -> torch.LongTensor | None:
+        """What every sampling call does first: fill in the saved guidance defaults, check the arguments, record the
+        guidance for the `guidance_scale` property, and return the class ids (B,) or None."""
+        guidance_scale, guidance_schedule = self.resolve_guidance(guidance_scale, guidance_schedule)
+        self.check_inputs(
+            batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
+            generator, callback_on_step_end_tensor_inputs,
+        )
+        self._guidance_scale, self._guidance_schedule = float(guidance_scale), guidance_schedule
+        return self.prepare_class_ids(class_labels, batch_size)
+
     # ------------------------------------------------------------------ properties (as diffusers pipelines)
     @property
     def guidance_scale(self) -> float:
@@ -662,15 +676,11 @@ class MagePipeline(DiffusionPipeline):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         if _is_int(batch_size) and batch_size >= 1:
             batch_size = self._batch_size_of(class_labels, generator, batch_size=int(batch_size))
-        explicit_guidance = guidance_scale
-        guidance_scale, guidance_schedule = self.resolve_guidance(guidance_scale, guidance_schedule)
-        self.check_inputs(
+        class_ids = self._start_call(
             batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
-            generator, callback_on_step_end_tensor_inputs,
+            generator, callback_on_step_end_tensor_inputs, class_labels,
         )
-        self._guidance_scale, self._guidance_schedule = float(guidance_scale), guidance_schedule
-        class_ids = self.prepare_class_ids(class_labels, batch_size)
-        if class_ids is None and explicit_guidance not in (None, 1.0):
+        if class_ids is None and guidance_scale not in (None, 1.0):  # the caller's argument, not the default
             logger.warning("`guidance_scale` is ignored without `class_labels`")
 
         config = self.transformer.config

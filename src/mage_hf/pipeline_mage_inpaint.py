@@ -294,13 +294,10 @@ class MageInpaintPipeline(MagePipeline):
             mask = self.resize_mask(mask, pixels.shape[-2:])
         sizes = {"image": pixels.shape[0]} if mask is None else {"image": pixels.shape[0], "mask_image": mask.shape[0]}
         batch_size = self._batch_size_of(class_labels, generator, **sizes)
-        guidance_scale, guidance_schedule = self.resolve_guidance(guidance_scale, guidance_schedule)
-        self.check_inputs(
+        class_ids = self._start_call(
             batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
-            generator, callback_on_step_end_tensor_inputs,
+            generator, callback_on_step_end_tensor_inputs, class_labels,
         )
-        self._guidance_scale, self._guidance_schedule = float(guidance_scale), guidance_schedule
-        class_ids = self.prepare_class_ids(class_labels, batch_size)
         if mask_image is None and strength >= 1.0:
             logger.warning("`mask_image=None` with `strength=1.0` regenerates every token: `image` is ignored")
 
@@ -411,13 +408,10 @@ class MageInpaintPipeline(MagePipeline):
                 f"got {window_stride!r}"
             )
         batch_size = self._batch_size_of(class_labels, generator, image=pixels.shape[0])
-        guidance_scale, guidance_schedule = self.resolve_guidance(guidance_scale, guidance_schedule)
-        self.check_inputs(
+        class_ids = self._start_call(
             batch_size, num_inference_steps, guidance_scale, guidance_schedule, choice_temperature, output_type,
-            generator, callback_on_step_end_tensor_inputs,
+            generator, callback_on_step_end_tensor_inputs, class_labels,
         )
-        self._guidance_scale, self._guidance_schedule = float(guidance_scale), guidance_schedule
-        class_ids = self.prepare_class_ids(class_labels, batch_size)
 
         device, mask_id = self._execution_device, self.transformer.config.mask_token_id
         pixels = pixels.expand(batch_size, -1, -1, -1)
