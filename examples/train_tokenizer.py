@@ -128,7 +128,7 @@ class TokenizerTrainingArguments:
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "Recompute the VQ encoder/decoder blocks in the backward pass: about 7x less activation "
-                          "memory at 256 px for about 30% more time per step."},
+                          "memory at 256 px for about 30%% more time per step."},
     )
     report_to: str = field(default="none", metadata={"help": "Accelerate tracker (tensorboard, wandb, ...) or 'none'."})
 
