@@ -2,9 +2,9 @@
 
 The quality checks use the Fashion-MNIST subset shipped in `tests/data` (4,000 train / 1,000 test images, held
 out of nothing: the model trained on the full train split, so only the test images are unseen). Their thresholds sit
-between a randomly initialised transformer on the shipped tokenizer (probe 57%, samples judged right 11%) and the
-shipped model, so they catch a broken or untrained model, not small regressions (`examples/evaluate_default.py`
-measures those).
+just below what the shipped model measures here (a random transformer on the shipped tokenizer: probe 57%, samples
+judged right 11%), so they catch a broken, untrained or clearly worse model; `examples/evaluate_default.py` measures
+the full splits.
 """
 
 from pathlib import Path
@@ -66,7 +66,7 @@ def test_embeddings_separate_the_classes(fashion_mnist, single_thread):
     train = extract_features(model, fashion_mnist["train_pixels"])
     test = extract_features(model, fashion_mnist["test_pixels"])
     accuracy = logistic_regression_probe(train, fashion_mnist["train_labels"], test, fashion_mnist["test_labels"])
-    assert accuracy > 0.70
+    assert accuracy > 0.82  # the shipped v3 model measures 0.840 here
 
 
 def test_class_conditional_samples_look_like_their_class(fashion_mnist, single_thread):
@@ -80,7 +80,7 @@ def test_class_conditional_samples_look_like_their_class(fashion_mnist, single_t
     # The plain call, as the README shows it: the guidance measured for this model comes from its model_index.json.
     images = pipe(class_labels=requested, generator=torch.Generator().manual_seed(0), output_type="pt").images
     predicted = torch.cdist(images.mean(1).flatten(1), centroids).argmin(1)
-    assert (predicted == torch.tensor(requested)).float().mean() > 0.4
+    assert (predicted == torch.tensor(requested)).float().mean() > 0.85  # the shipped v3 model: 0.875
 
 
 def test_plain_call_uses_the_guidance_measured_for_the_model(single_thread):
