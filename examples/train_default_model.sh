@@ -2,7 +2,7 @@
 # The embedded default model, end to end: data, tokenizer, class-conditional MAGE, guidance choice, evaluation,
 # packaging.
 #
-#   bash examples/train_default_model.sh [WORK_DIR] [--yes]        (about 2 h 10 min on 2 idle CPU cores)
+#   bash examples/train_default_model.sh [WORK_DIR] [--yes]        (150 min on 2 idle CPU cores, measured)
 #
 # Writes WORK_DIR/{fashion_mnist.npz, default_vq, default_mage, sampling_curves.json, default_eval.json} and
 # copies the final pipeline into src/mage_hf/default_model (asks before replacing it; --yes replaces it without
