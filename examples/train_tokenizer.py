@@ -6,6 +6,9 @@ TorchScript module, never downloaded) and an optional hinge patch-GAN from `--ga
 usage (perplexity, fraction of codes used) and re-seeds codes unused for `--dead_code_restart_steps` steps with
 random encoder outputs of the batch. Checkpoints go to `output_dir/checkpoint-<step>`; the end result is a
 `MageVQModel.save_pretrained` folder in `output_dir` (what `examples/pretrain.py --vqvae` reads).
+`--model_name_or_path DIR --train_decoder_only` fine-tunes only the decoder of a trained tokenizer (e.g. with the
+GAN term after a no-GAN warm-up): the token ids stay exactly those of DIR, so its decoder can replace the `vqvae/`
+decoder of a MAGE pipeline trained on DIR without retraining the transformer.
 
 Runs as is on one device or under `accelerate launch --num_processes N` (DDP); `--mixed_precision bf16` trains
 under bfloat16 autocast (CPU included) with float32 weights and optimizer state:
@@ -114,6 +117,12 @@ class TokenizerTrainingArguments:
     dead_code_restart_steps: int = field(
         default=200, metadata={"help": "Re-seed codes unused for this many steps (0: never)."}
     )
+    train_decoder_only: bool = field(
+        default=False,
+        metadata={"help": "Fine-tune the decoder alone, the encoder and codebook frozen: token ids never change, so "
+                          "a MAGE trained on the tokenizer stays valid with the new decoder (e.g. a GAN-sharpened "
+                          "one). Needs --model_name_or_path; no dead-code restarts."},
+    )
     logging_steps: int = 50
     save_steps: int = 1000
     save_total_limit: int | None = None
@@ -196,7 +205,10 @@ class TokenizerTrainer:
         self.model = VQTrainingModule(vqvae)
         self.discriminator = discriminator
         self.perceptual = perceptual.to(accelerator.device) if perceptual is not None else None
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.learning_rate,
+        # Frozen parts (`--train_decoder_only`: encoder and codebook) stay out of the optimizer, so weight decay
+        # cannot move them either.
+        trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate,
                                            betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.weight_decay)
         self.scheduler = get_scheduler(args.lr_scheduler_type, self.optimizer, args.warmup_steps, total_steps)
         self.global_step = 0
@@ -271,7 +283,7 @@ class TokenizerTrainer:
 
     def maybe_restart_dead_codes(self, latents: torch.Tensor) -> None:
         every = self.args.dead_code_restart_steps
-        if every <= 0 or self.global_step % every:
+        if every <= 0 or self.global_step % every or not self.vqvae.quantize.embedding.weight.requires_grad:
             return
         counts = self.accelerator.reduce(self.window_counts.clone(), reduction="sum")
         dead = (counts == 0).cpu()
@@ -416,6 +428,11 @@ def main():
     set_seed(args.seed)
 
     vqvae = build_vqvae(model_args, data_args.image_size)
+    if args.train_decoder_only:
+        if model_args.model_name_or_path is None:
+            raise ValueError("`train_decoder_only` fine-tunes a trained tokenizer's decoder: pass `model_name_or_path`")
+        vqvae.encoder.requires_grad_(False)
+        vqvae.quantize.requires_grad_(False)
     if args.gradient_checkpointing:
         vqvae.enable_gradient_checkpointing()
     image_size = data_args.image_size or vqvae.config.sample_size

@@ -98,6 +98,31 @@ def test_tokenizer_refuses_a_non_empty_output_dir(monkeypatch, tmp_path, data_di
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
+def test_decoder_only_keeps_every_token_id_and_trains_the_decoder(monkeypatch, tmp_path, data_dir):
+    """`--train_decoder_only` with the GAN on: the encoder and codebook come back bit-identical (so the ids a MAGE
+    was trained on do not change) while the decoder moves and its reconstruction loss falls."""
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    run_tokenizer_script(monkeypatch, *common_args(data_dir, base, max_steps=10))
+    args = common_args(data_dir, tuned, max_steps=12, gan_weight=0.1, gan_start_step=0, discriminator_channels=8,
+                       dead_code_restart_steps=2)
+    args = [a for a in args if a != TINY_VQ and a != "--vq_config"]
+    run_tokenizer_script(monkeypatch, *args, "--model_name_or_path", base, "--train_decoder_only", "true")
+    before, after = load_file(base / "diffusion_pytorch_model.safetensors"), load_file(tuned / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:
+        frozen = name.startswith(("encoder.", "quantize."))
+        assert torch.equal(before[name], after[name]) == frozen, name
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(MageVQModel.from_pretrained(base).tokenize(images), MageVQModel.from_pretrained(tuned).tokenize(images))
+    records = [r for r in read_log(tuned) if "l1" in r]
+    assert records[-1]["l1"] < records[0]["l1"] and "gan_generator" in records[-1]
+
+
+def test_decoder_only_needs_a_trained_tokenizer(monkeypatch, tmp_path, data_dir):
+    with pytest.raises(ValueError, match="model_name_or_path"):
+        run_tokenizer_script(monkeypatch, *common_args(data_dir, tmp_path / "out", max_steps=1, train_decoder_only="true"))
+
+
 @pytest.mark.slow
 def test_tokenizer_two_process_accelerate_launch(tmp_path, data_dir):
     import os
