@@ -35,9 +35,9 @@ from mage_hf.training.transforms import ImageTransformConfig, MageImageTransform
 logger = logging.getLogger("make_readme_figures")
 
 SCALE = 3  # pixels per image pixel in the figures
+PAD = 2
 FIGURES = ("samples_per_class", "samples_unconditional", "reconstructions", "inpainting", "mage_steps",
            "training_curves", "decoder_comparison")
-PAD = 2
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
