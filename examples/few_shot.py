@@ -10,9 +10,10 @@ mean accuracy and its 95% interval.
 seed and K, K support images per class are drawn from `--support_split` (`few_shot_indices`, the draw
 `finetune.py --max_train_samples_per_class K --seed S` makes) and every route is scored on the same fixed test
 images (the first `--max_samples` of `--split`):
-`raw` (standardised logistic regression on pixels), `frozen` (the same on `pooler_output`) and `finetune` (the
-documented Trainer command, `finetune.py`'s few-shot recipe: linear-probe warm start + fine-tuning). Prints one
-markdown table: mean and 95% interval over the seeds, and the paired gain of fine-tuning over frozen features.
+`raw` (standardised logistic regression on pixels), `frozen` (the same on `pooler_output`), `frozen_cls` (the same
+on the class token, the feature the few-shot recipe's head reads) and `finetune` (the documented Trainer command,
+`finetune.py`'s few-shot recipe: linear-probe warm start + fine-tuning). Prints one markdown table: mean and 95%
+interval over the seeds, and the paired gains of fine-tuning over the two frozen features.
 
     python examples/few_shot.py --model_name_or_path runs/fmnist-mage --data fashion_mnist.npz --split test \
         --n_way 5 --k_shot 1 5 --episodes 600
@@ -54,8 +55,11 @@ from mage_hf.training.transforms import ImageTransformConfig, to_rgb_image
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("episodes", "draws")
-ROUTES = {"raw": "raw pixels, logistic regression", "frozen": "frozen features, logistic regression",
-          "finetune": "Trainer few-shot fine-tuning (LP-FT)"}
+ROUTES = {"raw": "raw pixels, logistic regression", "frozen": "frozen pooler_output, logistic regression",
+          "frozen_cls": "frozen class token, logistic regression", "finetune": "Trainer few-shot fine-tuning (LP-FT)"}
+# The feature each logistic-regression route reads: pixels, `pooler_output`, or the class token after the final
+# norm (what the few-shot recipe's head reads, so the table shows what fine-tuning adds beyond the probe).
+ROUTE_FEATURES = {"raw": "raw", "frozen": "model", "frozen_cls": "model_cls"}
 
 
 @dataclass
@@ -110,7 +114,7 @@ class FewShotArguments:
 def split_features(args: FewShotArguments, accelerator: Accelerator, split: str, features: str,
                    max_samples: int | None = None, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D), labels (N,)) of `split` (its first `max_samples` images, then the rows `indices`):
-    `features` "model" = `pooler_output` of centre views, "raw" = their pixels."""
+    `features` "model" = `pooler_output` of centre views, "model_cls" = their class token, "raw" = their pixels."""
     if indices is None:
         data = load_image_data(args.data, split, args.image_column, args.label_column, max_samples, argument="data")
     else:
@@ -118,14 +122,15 @@ def split_features(args: FewShotArguments, accelerator: Accelerator, split: str,
     if data.label_column is None:
         raise ValueError(f"`data` {args.data!r} has no labels for split {split!r}")
     model = None
-    if features == "model":
+    if features in ("model", "model_cls"):
         model = load_mage_encoder(args.model_name_or_path).to(accelerator.device)
         image_size = args.image_size or model.config.image_size
     else:
         image_size = args.image_size or max(to_rgb_image(data.dataset[0][data.image_column]).size)
     config = ImageTransformConfig(image_size=image_size, resize_mode=args.resize_mode, random_crop=False,
                                   horizontal_flip=False, interpolation="bicubic")
-    values, labels = extract_features(model, data, config, accelerator, args.batch_size)
+    values, labels = extract_features(model, data, config, accelerator, args.batch_size,
+                                      kind="cls" if features == "model_cls" else "pooler")
     logger.info(f"{features} features {values.shape} for {len(labels)} images of split {split!r}")
     return values, labels
 
@@ -170,17 +175,17 @@ def finetune_accuracy(args: FewShotArguments, k_shot: int, seed: int, output_dir
 
 
 def draws_table(scores: dict[str, dict[int, list[float]]], k_shots: list[int], num_classes: int, num_test: int) -> str:
-    """Markdown: one row per K, mean +- 95% interval (percent) per route, and the paired fine-tuning gain."""
+    """Markdown: one row per K, mean +- 95% interval (percent) per route, and the paired gain of fine-tuning over
+    each frozen-feature route that was run."""
     routes = [route for route in ROUTES if route in scores]
-    paired = "finetune" in scores and "frozen" in scores
+    baselines = [route for route in ("frozen", "frozen_cls") if route in scores and "finetune" in scores]
     header = [f"K ({num_classes}-way, {num_test} test images)"] + [ROUTES[route] for route in routes]
-    header += ["fine-tuning minus frozen (paired)"] if paired else []
+    header += [f"fine-tuning minus {ROUTES[route].split(',')[0]} (paired)" for route in baselines]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for k_shot in sorted(k_shots):
         cells = [str(k_shot)]
         columns = [scores[route][k_shot] for route in routes]
-        if paired:
-            columns.append([a - b for a, b in zip(scores["finetune"][k_shot], scores["frozen"][k_shot])])
+        columns += [[a - b for a, b in zip(scores["finetune"][k_shot], scores[route][k_shot])] for route in baselines]
         for values in columns:
             mean, interval = mean_and_interval(values)
             cells.append(f"{100 * mean:.1f} ± {100 * interval:.1f}")
@@ -194,7 +199,7 @@ def run_draws(args: FewShotArguments, accelerator: Accelerator) -> dict | None:
     union = np.unique(np.concatenate(list(draws.values())))
     row_of = {int(index): row for row, index in enumerate(union)}
     fitted = {}
-    for route, kind in (("raw", "raw"), ("frozen", "model")):
+    for route, kind in ROUTE_FEATURES.items():
         if route in args.routes:
             train_x, train_y = split_features(args, accelerator, args.support_split, kind, indices=union)
             test_x, test_y = split_features(args, accelerator, args.split, kind, args.max_samples)

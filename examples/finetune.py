@@ -5,10 +5,11 @@ cosine, lr = blr x total batch / 256. Augmentation: RandomResizedCrop(0.2-1, bic
 RandAugment and random erasing are not reproduced).
 
 `--max_train_samples_per_class K` fine-tunes on K labelled images per class. With `--recipe auto` (the default)
-K <= 16 switches to the few-shot recipe (`--recipe few_shot`, `mage_hf.training.lp_ft.FEW_SHOT_RECIPE`): a
-linear-probe warm start of the head on the standardised frozen features, then 30 epochs of full fine-tuning at
-lr 1e-4 with flips only (no mixup, cutmix, crops, label smoothing or layer decay). Any flag given explicitly
-overrides the recipe's default.
+K <= 16 switches to the few-shot recipe (`--recipe few_shot`, `mage_hf.training.lp_ft.FEW_SHOT_RECIPE`): the head
+reads the class token, a linear-probe warm start of the head on its standardised frozen features, then 30 epochs of
+full fine-tuning at lr 1e-4 with flips only (no mixup, cutmix, crops, label smoothing or layer decay), and the saved
+weights are the average of the warm start and the fine-tuned ones (WiSE-FT). Any flag given explicitly overrides the
+recipe's default.
 
 The output folder is a classifier with its image processor: `pipeline("image-classification", model=DIR)`.
 
@@ -34,7 +35,13 @@ from mage_hf.training.arguments import ImageDataArguments, check_output_dir, pip
 from mage_hf.training.data import EpochCallback, PixelBatchTransform, collate_tensors, load_image_data
 from mage_hf.training.few_shot import load_few_shot_data
 from mage_hf.training.finetuning_trainer import MageFinetuningTrainer
-from mage_hf.training.lp_ft import FEW_SHOT_MAX_SHOTS, FEW_SHOT_RECIPE, warm_start_classifier
+from mage_hf.training.lp_ft import (
+    FEW_SHOT_MAX_SHOTS,
+    FEW_SHOT_RECIPE,
+    interpolate_weights,
+    warm_start_classifier,
+    weights_snapshot,
+)
 from mage_hf.training.metrics import compute_classification_metrics
 from mage_hf.training.mixup import MixupCutmix
 from mage_hf.training.optim import absolute_learning_rate
@@ -50,7 +57,8 @@ class FinetuneModelArguments:
     model_name_or_path: str = field(metadata={"help": "A pre-trained MAGE pipeline or model folder."})
     layer_decay: float = field(default=0.65, metadata={"help": "Layer-wise lr decay (the original: 0.65 B, 0.75 L)."})
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth (the original: 0.1 B, 0.2 L)."})
-    classifier_pooling: str = field(default="mean", metadata={"help": "'mean' (fc_norm) or 'cls'."})
+    classifier_pooling: str = field(default="mean", metadata={"help": "'mean' (fc_norm of the mean image token) or "
+                                                                      "'cls' (the class token; few_shot: cls)."})
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing (also inside mixup targets)."})
     mixup: float = field(default=0.8, metadata={"help": "Mixup Beta alpha (0 disables)."})
     cutmix: float = field(default=1.0, metadata={"help": "CutMix Beta alpha (0 disables)."})
@@ -68,10 +76,18 @@ class FinetuneModelArguments:
     linear_probe_inverse_regularization: float = field(
         default=0.1, metadata={"help": "C of the warm-start logistic regression (C * sum of losses + |W|^2 / 2)."}
     )
+    wise_ft_alpha: float = field(
+        default=1.0, metadata={"help": "Save (1 - a) x the starting weights (the warm start) + a x the fine-tuned ones "
+                                       "(WiSE-FT; 1 keeps the fine-tuned weights; few_shot: 0.5)."}
+    )
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"`recipe` must be one of {RECIPES}, got {self.recipe!r}")
+        if self.classifier_pooling not in ("mean", "cls"):
+            raise ValueError(f"`classifier_pooling` must be 'mean' or 'cls', got {self.classifier_pooling!r}")
+        if not 0.0 <= self.wise_ft_alpha <= 1.0:
+            raise ValueError(f"`wise_ft_alpha` must be in [0, 1] (1 = the fine-tuned weights), got {self.wise_ft_alpha}")
 
 
 @dataclass
@@ -168,11 +184,13 @@ def main(argv: list[str] | None = None):
     if data_args.image_size is not None and data_args.image_size != image_size:
         raise ValueError(f"`image_size` {data_args.image_size} differs from the model's image_size {image_size}")
     eval_image_transform = MageImageTransform(data_args.transform_config(image_size, False, training_args.seed))
-    if model_args.linear_probe_warm_start and resume is None:
-        # Resuming loads the checkpoint's head and norms, so the warm start would be overwritten anyway.
+    if model_args.linear_probe_warm_start:
+        # Also when resuming: the checkpoint's weights replace it, but the warm start (deterministic given the
+        # pre-trained model and the support images) is the anchor of the weight averaging below.
         warm_start_classifier(model, *support_pixels(train, eval_image_transform),
                               inverse_regularization=model_args.linear_probe_inverse_regularization,
                               batch_size=training_args.per_device_eval_batch_size)
+    anchor = weights_snapshot(model) if model_args.wise_ft_alpha < 1.0 else None
     train_config = data_args.transform_config(image_size, train=True, seed=training_args.seed)
     train_transform = PixelBatchTransform(MageImageTransform(train_config), train.image_column, train.label_column)
     train.dataset.set_transform(train_transform)
@@ -195,6 +213,10 @@ def main(argv: list[str] | None = None):
         label_smoothing=model_args.label_smoothing,
     )
     result = trainer.train(resume_from_checkpoint=resume)
+    if anchor is not None:
+        interpolate_weights(model, anchor, model_args.wise_ft_alpha)
+        logger.info(f"WiSE-FT: saving {model_args.wise_ft_alpha:g} x the fine-tuned weights + "
+                    f"{1 - model_args.wise_ft_alpha:g} x the starting ones")
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
     trainer.save_model()

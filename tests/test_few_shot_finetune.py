@@ -19,7 +19,15 @@ from transformers import pipeline
 from mage_hf import MageConfig, MageForImageClassification, MageForMaskedImageModeling
 from mage_hf.training.data import SAMPLE_INDEX_COLUMN, load_image_data
 from mage_hf.training.few_shot import few_shot_indices, few_shot_subset, load_few_shot_data
-from mage_hf.training.lp_ft import FEW_SHOT_RECIPE, fit_logistic_regression, pooled_features, warm_start_classifier
+from mage_hf.training.transforms import MageImageTransform
+from mage_hf.training.lp_ft import (
+    FEW_SHOT_RECIPE,
+    fit_logistic_regression,
+    interpolate_weights,
+    pooled_features,
+    warm_start_classifier,
+    weights_snapshot,
+)
 
 from conftest import EXAMPLES_DIR, free_port, run_example, tiny_config_kwargs
 
@@ -68,6 +76,40 @@ def test_warm_start_makes_the_classifier_the_fitted_probe(tiny_mage_dir):
         warm_start_classifier(model, pixels, labels[:5])
 
 
+def test_warm_start_of_a_class_token_head_is_the_fitted_probe(tiny_mage_dir):
+    model = MageForImageClassification.from_pretrained(tiny_mage_dir, num_labels=3, classifier_pooling="cls")
+    pixels, labels = torch.rand(12, 3, 16, 16), torch.arange(12) % 3
+    with torch.no_grad():
+        features = model.mage(pixel_values=pixels).last_hidden_state[:, 0]
+    assert torch.allclose(pooled_features(model, pixels), features)
+    standardised = (features - features.mean(0)) / features.std(0)
+    weight, bias = fit_logistic_regression(standardised, labels, 3)
+    warm_start_classifier(model, pixels, labels)
+    with torch.no_grad():
+        logits = model.eval()(pixel_values=pixels).logits
+    # The standardisation is folded into the final `norm`, the one the class-token head reads.
+    assert torch.allclose(logits, standardised @ weight.t() + bias, atol=1e-4)
+
+
+def test_interpolate_weights_mixes_every_weight_once(tiny_mage_dir):
+    model = MageForImageClassification.from_pretrained(tiny_mage_dir, num_labels=3)
+    anchor = weights_snapshot(model)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    tuned = weights_snapshot(model)
+    interpolate_weights(model, anchor, 0.25)
+    state = model.state_dict()
+    for name, value in anchor.items():
+        assert torch.allclose(state[name], 0.75 * value + 0.25 * tuned[name], atol=1e-6), name
+    interpolate_weights(model, anchor, 0.0)
+    assert all(torch.equal(model.state_dict()[name], value) for name, value in anchor.items())
+    with pytest.raises(ValueError, match="alpha"):
+        interpolate_weights(model, anchor, 1.5)
+    with pytest.raises(ValueError, match="anchor"):
+        interpolate_weights(model, {}, 0.5)
+
+
 def test_logistic_regression_is_scikit_learn_objective():
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(40, 5, generator=generator)
@@ -99,6 +141,7 @@ def test_recipe_is_chosen_by_shots_and_explicit_flags_win(monkeypatch, tmp_path,
     base = argv(model_name_or_path=tiny_mage_dir, train_data=fashion_mnist_path, output_dir=tmp_path)
     model_args, data_args, training_args = finetune.parse_arguments(base + ["--max_train_samples_per_class", "5"])
     assert model_args.recipe == "few_shot" and model_args.linear_probe_warm_start
+    assert model_args.classifier_pooling == "cls" and model_args.wise_ft_alpha == FEW_SHOT_RECIPE["wise_ft_alpha"] < 1
     assert model_args.mixup == model_args.cutmix == 0 and not data_args.random_crop
     assert training_args.learning_rate == FEW_SHOT_RECIPE["learning_rate"]
     model_args, _, training_args = finetune.parse_arguments(
@@ -107,21 +150,51 @@ def test_recipe_is_chosen_by_shots_and_explicit_flags_win(monkeypatch, tmp_path,
     for extra in ([], ["--max_train_samples_per_class", "500"], ["--max_train_samples_per_class", "5", "--recipe", "full"]):
         model_args, data_args, _ = finetune.parse_arguments(base + extra)
         assert model_args.recipe == "full" and model_args.mixup == 0.8 and data_args.random_crop
+        assert model_args.classifier_pooling == "mean" and model_args.wise_ft_alpha == 1.0
     with pytest.raises(ValueError, match="recipe"):
         finetune.parse_arguments(base + ["--recipe", "tiny"])
+    with pytest.raises(ValueError, match="wise_ft_alpha"):
+        finetune.parse_arguments(base + ["--wise_ft_alpha", "2"])
+    with pytest.raises(ValueError, match="classifier_pooling"):
+        finetune.parse_arguments(base + ["--classifier_pooling", "max"])
+
+
+def test_wise_ft_alpha_zero_saves_the_warm_start(monkeypatch, tmp_path, tiny_mage_dir, fashion_mnist_path):
+    """alpha 0 keeps none of the fine-tuning: the saved classifier is the warm start, weight for weight."""
+    output = tmp_path / "out"
+    run_example(monkeypatch, "finetune", *argv(
+        model_name_or_path=tiny_mage_dir, train_data=fashion_mnist_path, output_dir=output, eval_split="",
+        max_train_samples_per_class=3, num_train_epochs=3, learning_rate=1e-2, wise_ft_alpha=0.0,
+        disable_tqdm="true", report_to="none"))
+    saved = MageForImageClassification.from_pretrained(output)
+    finetune = load_example(monkeypatch, "finetune")
+    model_args, data_args, training_args = finetune.parse_arguments(argv(
+        model_name_or_path=tiny_mage_dir, train_data=fashion_mnist_path, output_dir=tmp_path / "unused",
+        max_train_samples_per_class=3))
+    train, _ = finetune.load_splits(data_args, training_args)
+    expected = finetune.load_classifier(model_args, train.class_names)
+    transform = MageImageTransform(data_args.transform_config(expected.config.image_size, False, training_args.seed))
+    warm_start_classifier(expected, *finetune.support_pixels(train, transform))
+    for name, value in expected.state_dict().items():
+        assert torch.allclose(saved.state_dict()[name], value, atol=1e-6), name
 
 
 def test_few_shot_recipe_learns_and_saves_a_pipeline_folder(monkeypatch, tmp_path, tiny_mage_dir, fashion_mnist_path):
     output = tmp_path / "out"
     metrics = run_example(monkeypatch, "finetune", *argv(
         model_name_or_path=tiny_mage_dir, train_data=fashion_mnist_path, output_dir=output,
-        max_train_samples_per_class=8, max_eval_samples=100, logging_steps=1, disable_tqdm="true", report_to="none"))
+        max_train_samples_per_class=8, max_eval_samples=100, logging_steps=1, disable_tqdm="true", report_to="none",
+        # The recipe's lr is 1e-4. A random 2-layer MAGE's class token carries almost nothing of the image (the warm
+        # start fits 80 images and misfits their flips: loss ~4.7), and at 1e-4 it learns to read them too slowly
+        # for 60 steps (loss 4.6 -> 3.4); the embedded model's support loss ends at ~0.02.
+        learning_rate=1e-3))
     state = json.loads((output / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 30 * 2  # 80 images in batches of 50, 30 epochs
     # The full-data recipe stays at chance on 80 images; the few-shot one falls well below it, and keeps falling
     # after the warm start (a random tiny MAGE: its features are weak, so the bar is half of chance).
     assert losses[-1] < 0.5 * CHANCE_LOSS and np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.2, losses
+    assert MageForImageClassification.from_pretrained(output).config.classifier_pooling == "cls"
     assert 0.0 <= metrics["eval_accuracy"] <= 1.0
 
     classifier = pipeline("image-classification", model=str(output))
@@ -136,7 +209,7 @@ def test_draws_protocol_scores_every_route_on_the_same_draws(monkeypatch, tmp_pa
         protocol="draws", model_name_or_path=tiny_mage_dir, data=fashion_mnist_path, k_shot=[1, 2], seeds=[0, 1],
         max_samples=60, output_dir=tmp_path / "runs", output_file=tmp_path / "table.json",
         finetune_args="--num_train_epochs 2 --per_device_eval_batch_size 64"))
-    assert set(results["scores"]) == {"raw", "frozen", "finetune"}
+    assert set(results["scores"]) == {"raw", "frozen", "frozen_cls", "finetune"}
     for scores in results["scores"].values():
         assert set(scores) == {"1", "2"} and all(len(values) == 2 for values in scores.values())
     assert results["table"].splitlines()[0].startswith("| K (10-way, 60 test images)")

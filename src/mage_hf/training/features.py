@@ -25,9 +25,13 @@ def load_mage_encoder(path: str, argument: str = "model_name_or_path") -> MageMo
 
 @torch.no_grad()
 def extract_features(model: MageModel | None, data: ImageData, transform_config: ImageTransformConfig,
-                     accelerator: Accelerator, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray | None]:
-    """(features (N, D) float32, labels (N,) or None) in dataset order. `model=None` gives raw pixels
-    (N, 3 * S * S) in [0, 1] instead (the baseline `--features raw`)."""
+                     accelerator: Accelerator, batch_size: int = 256,
+                     kind: str = "pooler") -> tuple[np.ndarray, np.ndarray | None]:
+    """(features (N, D) float32, labels (N,) or None) in dataset order: `kind` "pooler" (`pooler_output`) or
+    "cls" (the class token after the final norm). `model=None` gives raw pixels (N, 3 * S * S) in [0, 1] instead
+    (the baseline `--features raw`)."""
+    if kind not in ("pooler", "cls"):
+        raise ValueError(f"`kind` must be 'pooler' or 'cls', got {kind!r}")
     transform = PixelBatchTransform(MageImageTransform(transform_config), data.image_column, data.label_column)
     data.dataset.set_transform(transform)
     loader = accelerator.prepare(DataLoader(data.dataset, batch_size=batch_size, collate_fn=collate_tensors))
@@ -37,7 +41,8 @@ def extract_features(model: MageModel | None, data: ImageData, transform_config:
         if model is None:
             output = pixels.flatten(1)
         else:
-            output = model(pixel_values=pixels.to(model.dtype)).pooler_output
+            outputs = model(pixel_values=pixels.to(model.dtype))
+            output = outputs.pooler_output if kind == "pooler" else outputs.last_hidden_state[:, 0]
         output = accelerator.gather_for_metrics(output.float().contiguous())
         features.append(output.cpu())
         if "labels" in batch:
