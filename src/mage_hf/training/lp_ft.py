@@ -7,9 +7,10 @@ chance. Instead:
 
 1. linear probe: the pooled features the head sees (the class token after `norm` in the few-shot recipe, or
    `fc_norm` of the mean image token) are computed for the support images, standardised, and a multinomial
-   logistic regression is fitted on them in closed form (L-BFGS, scikit-learn's objective `C * sum(losses) + |W|^2 / 2`). The standardisation is
-   folded into the affine parameters of the pooling norm, so the head sees standardised features and the
-   classifier computes exactly the fitted probe before any gradient step;
+   logistic regression is fitted on them in closed form (L-BFGS, scikit-learn's objective
+   `C * sum(losses) + |W|^2 / 2`). The standardisation is folded into the affine parameters of the pooling norm,
+   so the head sees standardised features and the classifier computes exactly the fitted probe before any
+   gradient step;
 2. fine-tuning: every parameter of the encoder and head, AdamW with a small learning rate, a short warm-up and a
    cosine decay, horizontal flips only, no mixup, cutmix or label smoothing (`FEW_SHOT_RECIPE`, measured in
    `examples/README.md`). A run takes minutes, so it saves no checkpoints unless `--save_strategy` asks for them;
