@@ -34,6 +34,7 @@ from mage_hf.evaluation import (
     logistic_regression_probe,
     prototype_few_shot,
     psnr,
+    reconstruct,
     standardize,
 )
 from mage_hf.sample_quality import judge_outputs, judge_samples, train_sample_judge
@@ -121,9 +122,7 @@ def main() -> None:
     test_pixels = to_pixels(x_test, size)
 
     # Tokenizer.
-    with torch.no_grad():
-        test_tokens = torch.cat([vqvae.tokenize(test_pixels[i : i + 500]) for i in range(0, len(test_pixels), 500)])
-        recon = torch.cat([vqvae.decode_tokens(test_tokens[i : i + 500]) for i in range(0, len(test_tokens), 500)])
+    test_tokens, recon = reconstruct(vqvae, test_pixels)
     results["tokenizer_psnr_db"] = float(psnr(recon, test_pixels).mean())
     logger.info("tokenizer PSNR %.2f dB", results["tokenizer_psnr_db"])
 

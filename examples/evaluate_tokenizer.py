@@ -29,7 +29,7 @@ import torch
 
 from evaluate_default import to_pixels  # the sibling script's image preparation, so both measure the same images
 from mage_hf import MageVQModel
-from mage_hf.evaluation import frechet_distance, psnr
+from mage_hf.evaluation import frechet_distance, psnr, reconstruct
 from mage_hf.sample_quality import judge_outputs, train_sample_judge
 from mage_hf.training.vq_training import codebook_usage
 
@@ -41,14 +41,6 @@ def load_tokenizer(path: str) -> MageVQModel:
     if os.path.isfile(os.path.join(path, "model_index.json")):
         return MageVQModel.from_pretrained(path, subfolder="vqvae").eval()
     return MageVQModel.from_pretrained(path).eval()
-
-
-@torch.no_grad()
-def reconstruct(vqvae: MageVQModel, pixels: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, S, S) in [0, 1] -> token ids (N, h, w) and reconstructions (N, 3, S, S)."""
-    tokens = torch.cat([vqvae.tokenize(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
-    recon = torch.cat([vqvae.decode_tokens(tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)])
-    return tokens, recon.clamp(0, 1)
 
 
 def main() -> dict:

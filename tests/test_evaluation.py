@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from mage_hf.evaluation import frechet_distance, logistic_regression_probe, prototype_few_shot, psnr, standardize
+from mage_hf import MageVQModel
+from mage_hf.evaluation import (
+    frechet_distance,
+    logistic_regression_probe,
+    prototype_few_shot,
+    psnr,
+    reconstruct,
+    standardize,
+)
 
 
 def test_frechet_distance_matches_closed_form():
@@ -49,3 +57,16 @@ def test_standardize_uses_reference_statistics_and_rescues_cosine_from_an_outlie
     plain, _ = prototype_few_shot(features, labels, features, labels, n_way=3, k_shot=1, episodes=100, queries_per_class=5)
     scaled, _ = prototype_few_shot(reference, labels, reference, labels, n_way=3, k_shot=1, episodes=100, queries_per_class=5)
     assert plain < 0.6 < 0.8 < scaled
+
+
+def test_reconstruct_batches_the_round_trip():
+    torch.manual_seed(0)
+    vqvae = MageVQModel(base_channels=32, channel_multipliers=[1, 2], num_res_blocks=1, latent_channels=32,
+                        codebook_size=16, sample_size=16).eval()
+    pixels = torch.rand(5, 3, 16, 16)
+    tokens, recon = reconstruct(vqvae, pixels, batch_size=2)  # batches of 2, 2 and 1
+    with torch.no_grad():
+        expected_tokens = vqvae.tokenize(pixels)
+        expected = vqvae.decode_tokens(expected_tokens).clamp(0, 1)
+    assert torch.equal(tokens, expected_tokens) and tokens.shape == (5, 64)  # one row of 8 x 8 ids per image
+    assert torch.allclose(recon, expected, atol=1e-5) and recon.min() >= 0 and recon.max() <= 1

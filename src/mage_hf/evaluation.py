@@ -1,4 +1,5 @@
-"""Evaluation helpers shared by the examples: features, linear probe, few-shot episodes, PSNR, Frechet distance.
+"""Evaluation helpers shared by the examples: features, linear probe, few-shot episodes, VQ round trip, PSNR,
+Frechet distance.
 
 Everything runs offline on CPU with torch + numpy only.
 """
@@ -103,6 +104,15 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB of images in [0, 1]: (N, C, H, W) x2 -> (N,)."""
     mse = (reconstruction.float().clamp(0, 1) - target.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def reconstruct(vqvae, pixels: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """A VQ tokenizer's round trip in batches: pixels (N, 3, S, S) in [0, 1] -> token ids (N, h * w) and
+    reconstructions (N, 3, S, S) clamped to [0, 1] (`tokenize`, then `decode_tokens`)."""
+    tokens = torch.cat([vqvae.tokenize(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
+    recon = torch.cat([vqvae.decode_tokens(tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)])
+    return tokens, recon.clamp(0, 1)
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
