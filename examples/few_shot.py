@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Few-shot classification with MAGE, two protocols.
 
-`--protocol episodes` (default): n-way k-shot episodes on frozen MAGE embeddings (`MageModel.pooler_output`), or on
-raw pixels as a baseline (`--features raw`). Many random episodes drawn from one split (the same ones for every
+`--protocol episodes` (default): n-way k-shot episodes on frozen MAGE embeddings (`MageModel.pooler_output`; the
+class token with `--features cls`), or on raw pixels as a baseline (`--features raw`). Many random episodes drawn from one split (the same ones for every
 classifier): a prototype classifier (cosine similarity to the class mean) and multinomial logistic regression;
 mean accuracy and its 95% interval.
 
@@ -55,11 +55,12 @@ from mage_hf.training.transforms import ImageTransformConfig, to_rgb_image
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("episodes", "draws")
+FEATURES = ("model", "cls", "raw")
 ROUTES = {"raw": "raw pixels, logistic regression", "frozen": "frozen pooler_output, logistic regression",
           "frozen_cls": "frozen class token, logistic regression", "finetune": "Trainer few-shot fine-tuning (LP-FT)"}
 # The feature each logistic-regression route reads: pixels, `pooler_output`, or the class token after the final
 # norm (what the few-shot recipe's head reads, so the table shows what fine-tuning adds beyond the probe).
-ROUTE_FEATURES = {"raw": "raw", "frozen": "model", "frozen_cls": "model_cls"}
+ROUTE_FEATURES = {"raw": "raw", "frozen": "model", "frozen_cls": "cls"}
 
 
 @dataclass
@@ -67,7 +68,8 @@ class FewShotArguments:
     data: str = field(metadata={"help": "Image folder, .npz (x_<split>, y_<split>), save_to_disk folder or datasets name."})
     protocol: str = field(default="episodes", metadata={"help": f"One of {PROTOCOLS} (see the module docstring)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "A MAGE pipeline or model folder."})
-    features: str = field(default="model", metadata={"help": "'model' (MAGE embeddings) or 'raw' (pixels, baseline)."})
+    features: str = field(default="model", metadata={"help": "'model' (MAGE `pooler_output`), 'cls' (the class token) "
+                                                              "or 'raw' (pixels, baseline)."})
     split: str = field(default="test", metadata={"help": "Split the episodes are drawn from (draws: the test split)."})
     image_column: str | None = None
     label_column: str | None = None
@@ -100,10 +102,10 @@ class FewShotArguments:
             raise ValueError(f"`routes` must be some of {list(ROUTES)}, got {unknown}")
         if self.protocol == "draws" and self.model_name_or_path is None and set(self.routes) - {"raw"}:
             raise ValueError("`protocol draws` needs `model_name_or_path` for the frozen and finetune routes")
-        if self.features not in ("model", "raw"):
-            raise ValueError(f"`features` must be 'model' or 'raw', got {self.features!r}")
-        if self.protocol == "episodes" and self.features == "model" and self.model_name_or_path is None:
-            raise ValueError("`features model` needs `model_name_or_path` (or use `--features raw`)")
+        if self.features not in FEATURES:
+            raise ValueError(f"`features` must be one of {FEATURES}, got {self.features!r}")
+        if self.protocol == "episodes" and self.features != "raw" and self.model_name_or_path is None:
+            raise ValueError(f"`features {self.features}` needs `model_name_or_path` (or use `--features raw`)")
         for name in ("n_way", "n_query", "episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
@@ -114,7 +116,7 @@ class FewShotArguments:
 def split_features(args: FewShotArguments, accelerator: Accelerator, split: str, features: str,
                    max_samples: int | None = None, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, D), labels (N,)) of `split` (its first `max_samples` images, then the rows `indices`):
-    `features` "model" = `pooler_output` of centre views, "model_cls" = their class token, "raw" = their pixels."""
+    `features` "model" = `pooler_output` of centre views, "cls" = their class token, "raw" = their pixels."""
     if indices is None:
         data = load_image_data(args.data, split, args.image_column, args.label_column, max_samples, argument="data")
     else:
@@ -122,7 +124,7 @@ def split_features(args: FewShotArguments, accelerator: Accelerator, split: str,
     if data.label_column is None:
         raise ValueError(f"`data` {args.data!r} has no labels for split {split!r}")
     model = None
-    if features in ("model", "model_cls"):
+    if features != "raw":
         model = load_mage_encoder(args.model_name_or_path).to(accelerator.device)
         image_size = args.image_size or model.config.image_size
     else:
@@ -130,7 +132,7 @@ def split_features(args: FewShotArguments, accelerator: Accelerator, split: str,
     config = ImageTransformConfig(image_size=image_size, resize_mode=args.resize_mode, random_crop=False,
                                   horizontal_flip=False, interpolation="bicubic")
     values, labels = extract_features(model, data, config, accelerator, args.batch_size,
-                                      kind="cls" if features == "model_cls" else "pooler")
+                                      kind="cls" if features == "cls" else "pooler")
     logger.info(f"{features} features {values.shape} for {len(labels)} images of split {split!r}")
     return values, labels
 

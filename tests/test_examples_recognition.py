@@ -53,6 +53,14 @@ def test_few_shot_model_and_raw_features(monkeypatch, tmp_path, data_dir, tiny_m
     assert {(r["k_shot"], r["classifier"]) for r in results} == {(1, "prototype"), (1, "logistic"), (3, "prototype"),
                                                                    (3, "logistic")}
     assert json.loads((tmp_path / "fs.json").read_text())["results"] == results
+    # The class token: same episodes, other features, so other accuracies.
+    cls = run_named_example(monkeypatch, "few_shot", model_name_or_path=tiny_mage_dir, features="cls",
+                            data=data_dir / "fashion_mnist_5k.npz", max_samples=300, k_shot=[1, 3], n_query=5, episodes=10)
+    assert [r["k_shot"] for r in cls] == [r["k_shot"] for r in results]
+    assert [r["accuracy"] for r in cls] != [r["accuracy"] for r in results]
+    with pytest.raises(ValueError, match="features"):
+        run_named_example(monkeypatch, "few_shot", model_name_or_path=tiny_mage_dir, features="mean",
+                          data=data_dir / "fashion_mnist_5k.npz")
     raw = run_named_example(monkeypatch, "few_shot", features="raw", data=data_dir / "fashion_mnist_5k.npz", max_samples=500,
                       k_shot=[1], episodes=40, classifiers=["prototype"])
     assert raw[0]["accuracy"] > 0.45  # 5-way: chance is 0.2; the shared README reports ~0.61 on pixels
