@@ -19,7 +19,6 @@ from transformers import pipeline
 from mage_hf import MageConfig, MageForImageClassification, MageForMaskedImageModeling
 from mage_hf.training.data import SAMPLE_INDEX_COLUMN, load_image_data
 from mage_hf.training.few_shot import few_shot_indices, few_shot_subset, load_few_shot_data
-from mage_hf.training.transforms import MageImageTransform
 from mage_hf.training.lp_ft import (
     FEW_SHOT_RECIPE,
     fit_logistic_regression,
@@ -28,6 +27,7 @@ from mage_hf.training.lp_ft import (
     warm_start_classifier,
     weights_snapshot,
 )
+from mage_hf.training.transforms import MageImageTransform
 
 from conftest import EXAMPLES_DIR, free_port, run_example, tiny_config_kwargs
 
@@ -91,7 +91,7 @@ def test_warm_start_of_a_class_token_head_is_the_fitted_probe(tiny_mage_dir):
     assert torch.allclose(logits, standardised @ weight.t() + bias, atol=1e-4)
 
 
-def test_interpolate_weights_mixes_every_weight_once(tiny_mage_dir):
+def test_interpolate_weights_mixes_every_weight(tiny_mage_dir):
     model = MageForImageClassification.from_pretrained(tiny_mage_dir, num_labels=3)
     anchor = weights_snapshot(model)
     with torch.no_grad():
