@@ -37,7 +37,7 @@ from mage_hf.evaluation import (
     reconstruct,
     standardize,
 )
-from mage_hf.sample_quality import judge_outputs, judge_samples, train_sample_judge
+from mage_hf.sample_quality import JUDGE_FILE_HELP, judge_outputs, judge_samples, load_or_train_sample_judge
 
 logger = logging.getLogger("evaluate_default")
 
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0, 5.0, 8.0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--judge-epochs", type=int, default=3)
+    parser.add_argument("--judge", default=None, help=JUDGE_FILE_HELP)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -157,7 +158,7 @@ def main() -> None:
     # Class-conditional sample quality, judged by a CNN trained on real training images.
     train_grey = to_pixels(x_train, size)[:, :1]
     num_classes = len(data["class_names"])
-    judge = train_sample_judge(train_grey, y_train_t, args.judge_epochs, args.seed, num_classes)
+    judge = load_or_train_sample_judge(args.judge, train_grey, y_train_t, args.judge_epochs, args.seed, num_classes)
     test_logits, test_judge_features = judge_outputs(judge, test_pixels[:, :1])
     results["judge_test_accuracy"] = float((test_logits.argmax(1) == y_test_t).float().mean())
     requested = [c for c in range(num_classes) for _ in range(args.samples_per_class)]

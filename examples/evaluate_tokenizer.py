@@ -30,7 +30,7 @@ import torch
 from evaluate_default import to_pixels  # the sibling script's image preparation, so both measure the same images
 from mage_hf import MageVQModel
 from mage_hf.evaluation import frechet_distance, psnr, reconstruct
-from mage_hf.sample_quality import judge_outputs, train_sample_judge
+from mage_hf.sample_quality import JUDGE_FILE_HELP, judge_outputs, load_or_train_sample_judge
 from mage_hf.training.vq_training import codebook_usage
 
 logger = logging.getLogger("evaluate_tokenizer")
@@ -50,6 +50,7 @@ def main() -> dict:
     parser.add_argument("--names", nargs="+", help="one table label per tokenizer (default: the folder names)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the tokenizers' `sample_size`")
     parser.add_argument("--judge-epochs", type=int, default=3, help="as evaluate_default.py, for the same judge")
+    parser.add_argument("--judge", default=None, help=JUDGE_FILE_HELP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-train-samples", type=int, default=None, help="subsample the judge's training images")
@@ -75,8 +76,8 @@ def main() -> dict:
     x_train, y_train = data["x_train"][: args.max_train_samples], data["y_train"][: args.max_train_samples]
     x_test, y_test = data["x_test"][: args.max_test_samples], torch.from_numpy(data["y_test"][: args.max_test_samples])
     test_pixels = to_pixels(x_test, size)
-    judge = train_sample_judge(to_pixels(x_train, size)[:, :1], torch.from_numpy(y_train), args.judge_epochs,
-                               args.seed, len(data["class_names"]))
+    judge = load_or_train_sample_judge(args.judge, to_pixels(x_train, size)[:, :1], torch.from_numpy(y_train),
+                                       args.judge_epochs, args.seed, len(data["class_names"]))
     test_logits, reference = judge_outputs(judge, test_pixels[:, :1])
     results = {"data": os.path.abspath(args.data), "num_test": len(x_test),
                "judge_test_accuracy": float((test_logits.argmax(1) == y_test).float().mean()), "tokenizers": {}}

@@ -34,7 +34,7 @@ import torch
 from evaluate_default import generate, to_pixels  # the sibling script's sampling and image preparation
 from mage_hf import MagePipeline
 from mage_hf.pipeline_mage import GUIDANCE_SCHEDULES
-from mage_hf.sample_quality import judge_outputs, judge_samples, train_sample_judge
+from mage_hf.sample_quality import JUDGE_FILE_HELP, judge_outputs, judge_samples, load_or_train_sample_judge
 
 logger = logging.getLogger("sampling_curves")
 
@@ -115,6 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps-sweep", type=int, nargs="*", default=[4, 8, 12, 16, 24])
     parser.add_argument("--fid-tolerance", type=float, default=0.05, help="relative FID slack of the rule")
     parser.add_argument("--judge-epochs", type=int, default=3)
+    parser.add_argument("--judge", default=None, help=JUDGE_FILE_HELP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-train-samples", type=int, default=None, help="subsample the train split (quick runs)")
@@ -141,8 +142,8 @@ def main(argv=None) -> dict:
     x_test = data["x_test"][: args.max_test_samples]
     size = pipe.transformer.config.image_size
     num_classes = len(data["class_names"])
-    judge = train_sample_judge(to_pixels(x_train, size)[:, :1], torch.from_numpy(y_train), args.judge_epochs,
-                               args.seed, num_classes)
+    judge = load_or_train_sample_judge(args.judge, to_pixels(x_train, size)[:, :1], torch.from_numpy(y_train),
+                                       args.judge_epochs, args.seed, num_classes)
     _, reference = judge_outputs(judge, to_pixels(x_test, size)[:, :1])
     requested = [c for c in range(num_classes) for _ in range(args.samples_per_class)]
 

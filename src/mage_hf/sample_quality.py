@@ -1,22 +1,32 @@
 """Judging generated samples offline: a small CNN trained on real labelled images says whether each sample shows
 the requested class, and its penultimate features give a Frechet distance to real test images (the FID formula in
-a feature space built here, without downloading an Inception network). Used by `examples/evaluate_default.py` and
-`examples/sampling_curves.py`.
+a feature space built here, without downloading an Inception network). Used by `examples/evaluate_default.py`,
+`examples/sampling_curves.py` and `examples/evaluate_tokenizer.py`; `load_or_train_sample_judge` lets them share one
+saved judge (the trained weights differ slightly with the number of CPU threads, and training takes minutes).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from transformers.utils import logging
 
 from .evaluation import frechet_distance
 
 logger = logging.get_logger(__name__)
+
+# The `--judge` flag of the evaluation scripts (`load_or_train_sample_judge`).
+JUDGE_FILE_HELP = ("a .safetensors file: the sample judge is loaded from it when it was trained on the same images "
+                   "with the same settings, else trained and saved there (one judge for several scripts and thread "
+                   "counts)")
 
 
 class SampleJudgeCNN(nn.Module):
@@ -59,6 +69,47 @@ def train_sample_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int, 
             optimizer.step()
         logger.info(f"judge epoch {epoch}: last batch loss {loss.item():.3f}")
     return judge.eval()
+
+
+def _judge_settings(images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int, num_classes: int,
+                    batch_size: int, learning_rate: float) -> dict[str, str]:
+    """What a saved judge was trained on and with, as safetensors metadata (strings)."""
+    digest = hashlib.sha256(images.detach().float().contiguous().numpy().tobytes())
+    digest.update(labels.detach().long().contiguous().numpy().tobytes())
+    return {"epochs": str(epochs), "seed": str(seed), "num_classes": str(num_classes), "batch_size": str(batch_size),
+            "learning_rate": repr(float(learning_rate)), "images_shape": "x".join(map(str, images.shape)),
+            "data_sha256": digest.hexdigest()}
+
+
+def load_or_train_sample_judge(path: str | None, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int,
+                               num_classes: int | None = None, batch_size: int = 128,
+                               learning_rate: float = 1e-3) -> SampleJudgeCNN:
+    """`train_sample_judge(...)`, kept in the safetensors file `path`: loaded when it was trained on the same images
+    and labels with the same settings, else trained and written there (atomically). A file trained otherwise is an
+    error, never replaced. `path=None` trains in memory."""
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if path is None:
+        return train_sample_judge(images, labels, epochs, seed, num_classes, batch_size, learning_rate)
+    settings = _judge_settings(images, labels, epochs, seed, num_classes, batch_size, learning_rate)
+    if os.path.exists(path):
+        with safe_open(path, framework="pt") as handle:
+            saved = handle.metadata() or {}
+        different = [f"{key} {saved.get(key)!r} (this run: {value!r})" for key, value in settings.items()
+                     if saved.get(key) != value]
+        if different:
+            raise ValueError(f"`judge` {path!r} was trained otherwise: {'; '.join(different)}; pass another path or "
+                             f"delete it")
+        judge = SampleJudgeCNN(num_classes, images.shape[1], images.shape[-1])
+        judge.load_state_dict(load_file(path))
+        logger.info(f"sample judge loaded from {path}")
+        return judge.eval()
+    judge = train_sample_judge(images, labels, epochs, seed, num_classes, batch_size, learning_rate)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    save_file({name: value.contiguous() for name, value in judge.state_dict().items()}, partial, metadata=settings)
+    os.replace(partial, path)
+    logger.info(f"sample judge saved to {path}")
+    return judge
 
 
 @torch.no_grad()
