@@ -74,8 +74,8 @@ def train_sample_judge(images: torch.Tensor, labels: torch.Tensor, epochs: int, 
 def _judge_settings(images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int, num_classes: int,
                     batch_size: int, learning_rate: float) -> dict[str, str]:
     """What a saved judge was trained on and with, as safetensors metadata (strings)."""
-    digest = hashlib.sha256(images.detach().float().contiguous().numpy().tobytes())
-    digest.update(labels.detach().long().contiguous().numpy().tobytes())
+    digest = hashlib.sha256(images.detach().float().contiguous().numpy())  # hashes the buffer, no copy
+    digest.update(labels.detach().long().contiguous().numpy())
     return {"epochs": str(epochs), "seed": str(seed), "num_classes": str(num_classes), "batch_size": str(batch_size),
             "learning_rate": repr(float(learning_rate)), "images_shape": "x".join(map(str, images.shape)),
             "data_sha256": digest.hexdigest()}
