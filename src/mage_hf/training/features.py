@@ -10,6 +10,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from ..evaluation import check_feature_kind, select_features
 from ..modeling_mage import MageModel
 from .arguments import pipeline_subfolder
 from .data import ImageData, PixelBatchTransform, collate_tensors
@@ -30,8 +31,7 @@ def extract_features(model: MageModel | None, data: ImageData, transform_config:
     """(features (N, D) float32, labels (N,) or None) in dataset order: `kind` "pooler" (`pooler_output`) or
     "cls" (the class token after the final norm). `model=None` gives raw pixels (N, 3 * S * S) in [0, 1] instead
     (the baseline `--features raw`)."""
-    if kind not in ("pooler", "cls"):
-        raise ValueError(f"`kind` must be 'pooler' or 'cls', got {kind!r}")
+    check_feature_kind(kind)
     transform = PixelBatchTransform(MageImageTransform(transform_config), data.image_column, data.label_column)
     data.dataset.set_transform(transform)
     loader = accelerator.prepare(DataLoader(data.dataset, batch_size=batch_size, collate_fn=collate_tensors))
@@ -41,8 +41,7 @@ def extract_features(model: MageModel | None, data: ImageData, transform_config:
         if model is None:
             output = pixels.flatten(1)
         else:
-            outputs = model(pixel_values=pixels.to(model.dtype))
-            output = outputs.pooler_output if kind == "pooler" else outputs.last_hidden_state[:, 0]
+            output = select_features(model(pixel_values=pixels.to(model.dtype)), kind)
         output = accelerator.gather_for_metrics(output.float().contiguous())
         features.append(output.cpu())
         if "labels" in batch:

@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.utils import logging
 
+from ..evaluation import select_features
+
 logger = logging.get_logger(__name__)
 
 # `examples/finetune.py --recipe auto` picks the few-shot recipe at or below this many images per class.
@@ -77,13 +79,11 @@ def pooled_features(model: nn.Module, pixel_values: torch.Tensor, batch_size: in
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    kind = "pooler" if model.config.classifier_pooling == "mean" else "cls"
     chunks = []
     for start in range(0, len(pixel_values), batch_size):
         outputs = model.mage(pixel_values=pixel_values[start : start + batch_size].to(device))
-        if model.config.classifier_pooling == "mean":
-            chunks.append(outputs.pooler_output.float())
-        else:
-            chunks.append(outputs.last_hidden_state[:, 0].float())
+        chunks.append(select_features(outputs, kind).float())
     model.train(was_training)
     return torch.cat(chunks)
 
