@@ -2,18 +2,20 @@
 """Few-shot classification with MAGE, two protocols.
 
 `--protocol episodes` (default): n-way k-shot episodes on frozen MAGE embeddings (`MageModel.pooler_output`; the
-class token with `--features cls`), or on raw pixels as a baseline (`--features raw`). Many random episodes drawn from one split (the same ones for every
-classifier): a prototype classifier (cosine similarity to the class mean) and multinomial logistic regression;
-mean accuracy and its 95% interval.
+class token with `--features cls`, the flattened image tokens with `--features tokens`), or on raw pixels as a
+baseline (`--features raw`). Many random episodes drawn from one split (the same ones for every classifier): a
+prototype classifier (cosine similarity to the class mean) and multinomial logistic regression; mean accuracy and
+its 95% interval.
 
 `--protocol draws`: N-way K-shot over all N classes of the data, the protocol of `examples/finetune.py`. For each
 seed and K, K support images per class are drawn from `--support_split` (`few_shot_indices`, the draw
 `finetune.py --max_train_samples_per_class K --seed S` makes) and every route is scored on the same fixed test
 images (the first `--max_samples` of `--split`):
 `raw` (standardised logistic regression on pixels), `frozen` (the same on `pooler_output`), `frozen_cls` (the same
-on the class token, the feature the few-shot recipe's head reads) and `finetune` (the documented Trainer command,
-`finetune.py`'s few-shot recipe: linear-probe warm start + fine-tuning). Prints one markdown table: mean and 95%
-interval over the seeds, and the paired gains of fine-tuning over the two frozen features.
+on the class token), `frozen_tokens` (the same on the flattened image tokens, the feature the few-shot recipe's
+head reads) and `finetune` (the documented Trainer command, `finetune.py`'s few-shot recipe: linear-probe warm
+start + fine-tuning). Prints one markdown table: mean and 95% interval over the seeds, and the paired gains of
+fine-tuning over each frozen feature. The model's features of a split come from one pass over its images.
 
     python examples/few_shot.py --model_name_or_path runs/fmnist-mage --data fashion_mnist.npz --split test \
         --n_way 5 --k_shot 1 5 --episodes 600
@@ -40,7 +42,7 @@ from accelerate import Accelerator
 from transformers import HfArgumentParser
 
 from mage_hf.training.data import load_image_data
-from mage_hf.training.features import extract_features, load_mage_encoder
+from mage_hf.training.features import extract_feature_kinds, extract_features, load_mage_encoder
 from mage_hf.evaluation import logistic_regression_probe
 from mage_hf.training.few_shot import (
     CLASSIFIERS,
@@ -55,12 +57,16 @@ from mage_hf.training.transforms import ImageTransformConfig, to_rgb_image
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("episodes", "draws")
-FEATURES = ("model", "cls", "raw")
+# `--features` names -> `mage_hf.embeddings` kinds ("raw": pixels, no model).
+FEATURES = {"model": "pooler", "cls": "cls", "tokens": "tokens", "raw": "raw"}
 ROUTES = {"raw": "raw pixels, logistic regression", "frozen": "frozen pooler_output, logistic regression",
-          "frozen_cls": "frozen class token, logistic regression", "finetune": "Trainer few-shot fine-tuning (LP-FT)"}
-# The feature each logistic-regression route reads: pixels, `pooler_output`, or the class token after the final
-# norm (what the few-shot recipe's head reads, so the table shows what fine-tuning adds beyond the probe).
-ROUTE_FEATURES = {"raw": "raw", "frozen": "model", "frozen_cls": "cls"}
+          "frozen_cls": "frozen class token, logistic regression",
+          "frozen_tokens": "frozen image tokens, logistic regression",
+          "finetune": "Trainer few-shot fine-tuning (LP-FT)"}
+# The feature each logistic-regression route reads: pixels, `pooler_output`, the class token or the flattened
+# image tokens after the final norm (the last is what the few-shot recipe's head reads, so the table shows what
+# fine-tuning adds beyond its own warm start).
+ROUTE_FEATURES = {"raw": "raw", "frozen": "model", "frozen_cls": "cls", "frozen_tokens": "tokens"}
 
 
 @dataclass
@@ -68,8 +74,9 @@ class FewShotArguments:
     data: str = field(metadata={"help": "Image folder, .npz (x_<split>, y_<split>), save_to_disk folder or datasets name."})
     protocol: str = field(default="episodes", metadata={"help": f"One of {PROTOCOLS} (see the module docstring)."})
     model_name_or_path: str | None = field(default=None, metadata={"help": "A MAGE pipeline or model folder."})
-    features: str = field(default="model", metadata={"help": "'model' (MAGE `pooler_output`), 'cls' (the class token) "
-                                                              "or 'raw' (pixels, baseline)."})
+    features: str = field(default="model", metadata={"help": "'model' (MAGE `pooler_output`), 'cls' (the class token), "
+                                                              "'tokens' (the flattened image tokens) or 'raw' "
+                                                              "(pixels, baseline)."})
     split: str = field(default="test", metadata={"help": "Split the episodes are drawn from (draws: the test split)."})
     image_column: str | None = None
     label_column: str | None = None
@@ -103,7 +110,7 @@ class FewShotArguments:
         if self.protocol == "draws" and self.model_name_or_path is None and set(self.routes) - {"raw"}:
             raise ValueError("`protocol draws` needs `model_name_or_path` for the frozen and finetune routes")
         if self.features not in FEATURES:
-            raise ValueError(f"`features` must be one of {FEATURES}, got {self.features!r}")
+            raise ValueError(f"`features` must be one of {list(FEATURES)}, got {self.features!r}")
         if self.protocol == "episodes" and self.features != "raw" and self.model_name_or_path is None:
             raise ValueError(f"`features {self.features}` needs `model_name_or_path` (or use `--features raw`)")
         for name in ("n_way", "n_query", "episodes"):
@@ -113,32 +120,43 @@ class FewShotArguments:
             raise ValueError(f"`k_shot` values must be positive, got {self.k_shot}")
 
 
-def split_features(args: FewShotArguments, accelerator: Accelerator, split: str, features: str,
-                   max_samples: int | None = None, indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D), labels (N,)) of `split` (its first `max_samples` images, then the rows `indices`):
-    `features` "model" = `pooler_output` of centre views, "cls" = their class token, "raw" = their pixels."""
+def split_features(args: FewShotArguments, accelerator: Accelerator, split: str, features: tuple[str, ...],
+                   max_samples: int | None = None, indices: np.ndarray | None = None,
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """({name: features (N, D)}, labels (N,)) of `split` (its first `max_samples` images, then the rows
+    `indices`) for each `FEATURES` name: "model" = `pooler_output` of centre views, "cls" = their class token,
+    "tokens" = their flattened image tokens, "raw" = their pixels. The model's kinds come from one pass."""
     if indices is None:
         data = load_image_data(args.data, split, args.image_column, args.label_column, max_samples, argument="data")
     else:
         data = load_image_rows(args.data, split, indices, args.image_column, args.label_column, max_samples, "data")
     if data.label_column is None:
         raise ValueError(f"`data` {args.data!r} has no labels for split {split!r}")
-    model = None
-    if features != "raw":
-        model = load_mage_encoder(args.model_name_or_path).to(accelerator.device)
-        image_size = args.image_size or model.config.image_size
-    else:
+    values, labels = {}, None
+
+    def transform_config(image_size: int) -> ImageTransformConfig:
+        return ImageTransformConfig(image_size=image_size, resize_mode=args.resize_mode, random_crop=False,
+                                    horizontal_flip=False, interpolation="bicubic")
+
+    if "raw" in features:
         image_size = args.image_size or max(to_rgb_image(data.dataset[0][data.image_column]).size)
-    config = ImageTransformConfig(image_size=image_size, resize_mode=args.resize_mode, random_crop=False,
-                                  horizontal_flip=False, interpolation="bicubic")
-    values, labels = extract_features(model, data, config, accelerator, args.batch_size,
-                                      kind="cls" if features == "cls" else "pooler")
-    logger.info(f"{features} features {values.shape} for {len(labels)} images of split {split!r}")
+        values["raw"], labels = extract_features(None, data, transform_config(image_size), accelerator,
+                                                 args.batch_size)
+    model_features = [name for name in features if name != "raw"]
+    if model_features:
+        model = load_mage_encoder(args.model_name_or_path).to(accelerator.device)
+        kinds, labels = extract_feature_kinds(model, data, transform_config(args.image_size or model.config.image_size),
+                                              accelerator, args.batch_size,
+                                              tuple(FEATURES[name] for name in model_features))
+        values.update({name: kinds[FEATURES[name]] for name in model_features})
+    for name, array in values.items():
+        logger.info(f"{name} features {array.shape} for {len(labels)} images of split {split!r}")
     return values, labels
 
 
 def run_episodes(args: FewShotArguments, accelerator: Accelerator) -> list[dict] | None:
-    features, labels = split_features(args, accelerator, args.split, args.features, args.max_samples)
+    features, labels = split_features(args, accelerator, args.split, (args.features,), args.max_samples)
+    features = features[args.features]
     if not accelerator.is_main_process:
         return None
     results = []
@@ -180,7 +198,7 @@ def draws_table(scores: dict[str, dict[int, list[float]]], k_shots: list[int], n
     """Markdown: one row per K, mean +- 95% interval (percent) per route, and the paired gain of fine-tuning over
     each frozen-feature route that was run."""
     routes = [route for route in ROUTES if route in scores]
-    baselines = [route for route in ("frozen", "frozen_cls") if route in scores and "finetune" in scores]
+    baselines = [route for route in ("frozen", "frozen_cls", "frozen_tokens") if route in scores and "finetune" in scores]
     header = [f"K ({num_classes}-way, {num_test} test images)"] + [ROUTES[route] for route in routes]
     header += [f"fine-tuning minus {ROUTES[route].split(',')[0]} (paired)" for route in baselines]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -200,13 +218,16 @@ def run_draws(args: FewShotArguments, accelerator: Accelerator) -> dict | None:
     draws = {(k, seed): few_shot_indices(labels, k, seed) for k in args.k_shot for seed in args.seeds}
     union = np.unique(np.concatenate(list(draws.values())))
     row_of = {int(index): row for row, index in enumerate(union)}
+    frozen_routes = [route for route in ROUTE_FEATURES if route in args.routes]
+    names = tuple(ROUTE_FEATURES[route] for route in frozen_routes)
     fitted = {}
-    for route, kind in ROUTE_FEATURES.items():
-        if route in args.routes:
-            train_x, train_y = split_features(args, accelerator, args.support_split, kind, indices=union)
-            test_x, test_y = split_features(args, accelerator, args.split, kind, args.max_samples)
-            fitted[route] = (torch.from_numpy(train_x), torch.from_numpy(train_y), torch.from_numpy(test_x),
-                             torch.from_numpy(test_y))
+    if frozen_routes:
+        train_x, train_y = split_features(args, accelerator, args.support_split, names, indices=union)
+        test_x, test_y = split_features(args, accelerator, args.split, names, args.max_samples)
+        for route in frozen_routes:
+            name = ROUTE_FEATURES[route]
+            fitted[route] = (torch.from_numpy(train_x[name]), torch.from_numpy(train_y),
+                             torch.from_numpy(test_x[name]), torch.from_numpy(test_y))
     scores = {route: {k: [] for k in args.k_shot} for route in ROUTES if route in args.routes}
     num_test = None
     with tempfile.TemporaryDirectory() as scratch:

@@ -31,6 +31,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from mage_hf import MageForImageClassification, MageImageProcessor
+from mage_hf.configuration_mage import CLASSIFIER_POOLINGS
 from mage_hf.training.arguments import ImageDataArguments, check_output_dir, pipeline_subfolder, resolve_resume
 from mage_hf.training.data import EpochCallback, PixelBatchTransform, collate_tensors, load_image_data
 from mage_hf.training.few_shot import load_few_shot_data
@@ -57,8 +58,9 @@ class FinetuneModelArguments:
     model_name_or_path: str = field(metadata={"help": "A pre-trained MAGE pipeline or model folder."})
     layer_decay: float = field(default=0.65, metadata={"help": "Layer-wise lr decay (the original: 0.65 B, 0.75 L)."})
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth (the original: 0.1 B, 0.2 L)."})
-    classifier_pooling: str = field(default="mean", metadata={"help": "'mean' (fc_norm of the mean image token) or "
-                                                                      "'cls' (the class token; few_shot: cls)."})
+    classifier_pooling: str = field(default="mean", metadata={"help": "'mean' (fc_norm of the mean image token), "
+                                                                      "'cls' (the class token) or 'tokens' (every "
+                                                                      "image token, flattened; few_shot: tokens)."})
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing (also inside mixup targets)."})
     mixup: float = field(default=0.8, metadata={"help": "Mixup Beta alpha (0 disables)."})
     cutmix: float = field(default=1.0, metadata={"help": "CutMix Beta alpha (0 disables)."})
@@ -84,8 +86,8 @@ class FinetuneModelArguments:
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"`recipe` must be one of {RECIPES}, got {self.recipe!r}")
-        if self.classifier_pooling not in ("mean", "cls"):
-            raise ValueError(f"`classifier_pooling` must be 'mean' or 'cls', got {self.classifier_pooling!r}")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"`classifier_pooling` must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}")
         if not 0.0 <= self.wise_ft_alpha <= 1.0:
             raise ValueError(f"`wise_ft_alpha` must be in [0, 1] (1 = the fine-tuned weights), got {self.wise_ft_alpha}")
 

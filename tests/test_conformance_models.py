@@ -330,7 +330,7 @@ def assert_every_trainable_parameter_has_a_gradient(model, loss):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "tokens"])
 def test_classifier_trains_every_parameter(tiny_images, tmp_path, pooling, checkpointing):
     model = MageForImageClassification(no_dropout_config(num_labels=3, classifier_pooling=pooling))
     model = MageForImageClassification.from_pretrained(_saved(model, tmp_path)).train()
@@ -366,7 +366,7 @@ def test_masked_image_modeling_trains_every_trainable_parameter(tiny_images, tmp
     assert not model.mage.fc_norm.weight.requires_grad
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "tokens"])
 def test_classifier_loads_a_pretraining_folder_without_unexpected_norms(tiny_config, tmp_path, pooling):
     MageForMaskedImageModeling(tiny_config).save_pretrained(tmp_path)
     model, info = MageForImageClassification.from_pretrained(
@@ -376,6 +376,19 @@ def test_classifier_loads_a_pretraining_folder_without_unexpected_norms(tiny_con
     assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
     encoder, info = MageModel.from_pretrained(_saved(model, tmp_path / "classifier"), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_token_head_reads_every_image_token_in_grid_order(tiny_images):
+    config = no_dropout_config(num_labels=3, classifier_pooling="tokens")
+    model = MageForImageClassification(config).eval()
+    assert model.classifier.in_features == config.num_tokens * config.hidden_size
+    with torch.no_grad():
+        hidden = model.mage(pixel_values=tiny_images).last_hidden_state  # (B, 1 + num_tokens, D), final norm applied
+        logits = model(pixel_values=tiny_images).logits
+    expected = torch.einsum("bnd,cnd->bc", hidden[:, 1:], model.classifier.weight.view(3, config.num_tokens, -1))
+    assert torch.allclose(logits, expected + model.classifier.bias, atol=1e-5)
+    with pytest.raises(ValueError, match="classifier_pooling"):
+        no_dropout_config(classifier_pooling="max")
 
 
 def _saved(model, path):

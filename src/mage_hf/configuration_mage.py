@@ -8,6 +8,9 @@ from transformers import PreTrainedConfig
 
 from .vq_layers import DEFAULT_VQ_CONFIG, vq_downsample_factor
 
+# What `MageForImageClassification`'s head can read (see `MageConfig.classifier_pooling`).
+CLASSIFIER_POOLINGS = ("mean", "cls", "tokens")
+
 
 class MageConfig(PreTrainedConfig):
     r"""Configuration of a MAGE model (`MageModel`, `MageForMaskedImageModeling`, `MageForImageClassification`).
@@ -53,8 +56,9 @@ class MageConfig(PreTrainedConfig):
         label_smoothing: label smoothing of the masked-token loss (over codebook logits only).
         class_conditional: whether position 0 carries the real class during pre-training.
         class_dropout_prob: probability of replacing the real class by the fake one (for guidance).
-        classifier_pooling: `"mean"` (mean of image tokens + `fc_norm`) or `"cls"` (position 0 after `norm`)
-            for `MageForImageClassification`.
+        classifier_pooling: what `MageForImageClassification`'s linear head reads: `"mean"` (mean of image tokens
+            + `fc_norm`, the original), `"cls"` (position 0 after `norm`) or `"tokens"` (every image token after
+            `norm`, flattened in grid order: `num_tokens * hidden_size` inputs; the few-shot recipe's head).
         contrastive_projection_dim, contrastive_temperature, contrastive_loss_weight: MAGE-C's projection
             head and its InfoNCE loss (used when pre-training with `--contrastive`).
     """
@@ -164,8 +168,8 @@ class MageConfig(PreTrainedConfig):
             raise ValueError("`image_mean` and `image_std` must be given together (or both left None)")
         if self.image_mean is not None and not len(self.image_mean) == len(self.image_std) == self.num_channels:
             raise ValueError(f"`image_mean` and `image_std` must have {self.num_channels} values (one per channel)")
-        if self.classifier_pooling not in ("mean", "cls"):
-            raise ValueError(f"`classifier_pooling` must be 'mean' or 'cls', got {self.classifier_pooling!r}")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"`classifier_pooling` must be one of {CLASSIFIER_POOLINGS}, got {self.classifier_pooling!r}")
 
     # Derived quantities: never stored, so they cannot contradict the settings above.
     @property

@@ -12,28 +12,17 @@ import math
 import numpy as np
 import torch
 
+from .embeddings import check_feature_kind, select_features
+
 logger = logging.getLogger(__name__)
-
-
-FEATURE_KINDS = ("pooler", "cls")
-
-
-def check_feature_kind(kind: str) -> None:
-    if kind not in FEATURE_KINDS:
-        raise ValueError(f"`kind` must be one of {FEATURE_KINDS}, got {kind!r}")
-
-
-def select_features(outputs, kind: str) -> torch.Tensor:
-    """The (B, D) embedding of `MageModel` outputs: `"pooler"` = `pooler_output` (the original linear-probe
-    feature), `"cls"` = position 0 of `last_hidden_state` (the class token after the final norm)."""
-    return outputs.pooler_output if kind == "pooler" else outputs.last_hidden_state[:, 0]
 
 
 @torch.no_grad()
 def extract_features(model, pixel_values: torch.Tensor, batch_size: int = 256, kind: str = "pooler") -> torch.Tensor:
     """`MageModel` features of images (N, C, H, W) in [0, 1] -> (N, D) float32.
 
-    kind: `"pooler"` (`pooler_output`, the original linear-probe feature) or `"cls"` (position 0 after `norm`).
+    kind: one of `mage_hf.embeddings.FEATURE_KINDS` (`"pooler"`, the original linear-probe feature; `"cls"`;
+    `"tokens"`).
     """
     check_feature_kind(kind)
     device = next(model.parameters()).device

@@ -28,6 +28,7 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_mage import MageConfig
+from .embeddings import POOLING_FEATURE_KIND, select_features
 from .masking import gather_kept, num_masked_tokens, random_token_masks, sample_mask_ratio, scatter_kept
 from .vq_layers import VQTokenizer
 
@@ -933,8 +934,10 @@ class MageForMaskedImageModeling(MagePreTrainedModel):
 
 class MageForImageClassification(MagePreTrainedModel):
     """MAGE encoder + linear head. `classifier_pooling="mean"`: mean of image tokens then `fc_norm` (the
-    original `global_pool=True`); `"cls"`: position 0 after the final `norm`. Only the norm the pooling reads is
-    built (as the original classifiers' checkpoints hold only that one).
+    original `global_pool=True`); `"cls"`: position 0 after the final `norm`; `"tokens"`: every image token
+    after the final `norm`, flattened in grid order (B, num_tokens * hidden_size) (not in the original: with a
+    few images per class, a linear head on the token map keeps the layout that pooling discards). Only the norm
+    the pooling reads is built (as the original classifiers' checkpoints hold only that one).
 
     Loss by `config.problem_type` (transformers' rule; inferred from `num_labels` and the labels' dtype when
     unset): `"regression"` mean squared error, `"single_label_classification"` cross-entropy on (B,) class ids or
@@ -950,7 +953,8 @@ class MageForImageClassification(MagePreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.mage = MageModel(config, add_pooling_layer=mean_pooling, add_final_norm=not mean_pooling)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        head_inputs = config.hidden_size * (config.num_tokens if config.classifier_pooling == "tokens" else 1)
+        self.classifier = nn.Linear(head_inputs, config.num_labels) if config.num_labels > 0 else nn.Identity()
         self.post_init()
 
     def forward(
@@ -970,10 +974,7 @@ class MageForImageClassification(MagePreTrainedModel):
             pixel_values=pixel_values, input_ids=input_ids, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True,
         )
-        if self.config.classifier_pooling == "mean":
-            features = outputs.pooler_output
-        else:
-            features = outputs.last_hidden_state[:, 0]
+        features = select_features(outputs, POOLING_FEATURE_KIND[self.config.classifier_pooling])
         logits = self.classifier(features)
         loss = None if labels is None else self.classification_loss(logits, labels.to(logits.device))
         output = ImageClassifierOutput(
