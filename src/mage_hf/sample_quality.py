@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.utils import logging
 
+from .atomic_io import atomic_output_path
 from .evaluation import frechet_distance
 
 logger = logging.get_logger(__name__)
@@ -104,10 +105,8 @@ def load_or_train_sample_judge(path: str | None, images: torch.Tensor, labels: t
         logger.info(f"sample judge loaded from {path}")
         return judge.eval()
     judge = train_sample_judge(images, labels, epochs, seed, num_classes, batch_size, learning_rate)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = f"{path}.partial"
-    save_file({name: value.contiguous() for name, value in judge.state_dict().items()}, partial, metadata=settings)
-    os.replace(partial, path)
+    with atomic_output_path(path) as partial:
+        save_file({name: value.contiguous() for name, value in judge.state_dict().items()}, partial, metadata=settings)
     logger.info(f"sample judge saved to {path}")
     return judge
 

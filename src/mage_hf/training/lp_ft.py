@@ -137,8 +137,9 @@ def warm_start_classifier(model: nn.Module, pixel_values: torch.Tensor, labels: 
     weight, bias = weight.to(features.device), bias.to(features.device)
     if model.config.classifier_pooling == "tokens":
         # One norm is shared by every token position, so the per-position standardisation goes into the head.
-        model.classifier.weight.copy_((weight / std).to(model.classifier.weight))
-        model.classifier.bias.copy_((bias - (weight / std) @ mean).to(model.classifier.bias))
+        head_weight = weight / std
+        model.classifier.weight.copy_(head_weight.to(model.classifier.weight))
+        model.classifier.bias.copy_((bias - head_weight @ mean).to(model.classifier.bias))
     else:
         norm = pooling_norm(model)
         norm.weight.div_(std.to(norm.weight))
